@@ -1,0 +1,124 @@
+// simcalkv: a non-owning view of one KV head over a host engine's own buffers.
+#pragma once
+
+#include "simcalkv/error.hpp"
+#include "simcalkv/numeric.hpp"
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace simcalkv {
+
+/// Position of a token in the sequence: RoPE's position, never the physical cache slot.
+using Position = std::int32_t;
+
+/// One KV head as the host lays it out. Nothing is copied or owned: the host keeps the buffers.
+///
+/// Entry j (0 <= j < length) has its key at keys[j * key_token_stride + i * key_dim_stride] for
+/// i < head_dim, likewise its value; so a row-major [capacity][head_dim] buffer has strides
+/// (head_dim, 1), and a transposed V ([head_dim][capacity], llama.cpp without flash attention)
+/// has value strides (1, capacity). `bias[j]` is added to the entry's attention logit, `positions[j]`
+/// is the token's original position, and `scores` (optional) accumulates attention for policies
+/// that need it. Compression rewrites entries in place and lowers `length`.
+template <StorageElement T>
+struct HeadView {
+  using element_type = T;
+
+  T* keys = nullptr;
+  std::ptrdiff_t key_token_stride = 0;
+  std::ptrdiff_t key_dim_stride = 1;
+  T* values = nullptr;
+  std::ptrdiff_t value_token_stride = 0;
+  std::ptrdiff_t value_dim_stride = 1;
+  float* bias = nullptr;           // [capacity], required
+  Position* positions = nullptr;   // [capacity], required, ascending over 0..length
+  float* scores = nullptr;         // [capacity], optional accumulator
+  std::size_t length = 0;
+  std::size_t capacity = 0;
+  int head_dim = 0;
+
+  [[nodiscard]] T* key(std::size_t j, int i = 0) const noexcept {
+    return keys + static_cast<std::ptrdiff_t>(j) * key_token_stride + i * key_dim_stride;
+  }
+  [[nodiscard]] T* value(std::size_t j, int i = 0) const noexcept {
+    return values + static_cast<std::ptrdiff_t>(j) * value_token_stride + i * value_dim_stride;
+  }
+  [[nodiscard]] bool keys_contiguous() const noexcept { return key_dim_stride == 1; }
+  [[nodiscard]] bool values_contiguous() const noexcept { return value_dim_stride == 1; }
+
+  /// Reads entry j's key (or value) widened to float into dst[0..head_dim).
+  void load_key(std::size_t j, float* dst) const noexcept {
+    load_strided(key(j), key_dim_stride, dst, static_cast<std::size_t>(head_dim));
+  }
+  void load_value(std::size_t j, float* dst) const noexcept {
+    load_strided(value(j), value_dim_stride, dst, static_cast<std::size_t>(head_dim));
+  }
+  void store_key(std::size_t j, const float* src) const noexcept {
+    store_strided(src, key(j), key_dim_stride, static_cast<std::size_t>(head_dim));
+  }
+  void store_value(std::size_t j, const float* src) const noexcept {
+    store_strided(src, value(j), value_dim_stride, static_cast<std::size_t>(head_dim));
+  }
+
+  /// Moves entry `from` into slot `to` bit for bit (storage elements, bias, position, score).
+  void move_entry(std::size_t from, std::size_t to) const noexcept {
+    if (from == to) return;
+    for (int i = 0; i < head_dim; ++i) {
+      *key(to, i) = *key(from, i);
+      *value(to, i) = *value(from, i);
+    }
+    bias[to] = bias[from];
+    positions[to] = positions[from];
+    if (scores) scores[to] = scores[from];
+  }
+};
+
+/// Row-major [capacity][head_dim] key and value buffers: the common layout.
+template <StorageElement T>
+HeadView<T> make_head_view(T* keys, T* values, float* bias, Position* positions, float* scores,
+                           std::size_t length, std::size_t capacity, int head_dim) {
+  HeadView<T> view;
+  view.keys = keys;
+  view.key_token_stride = head_dim;
+  view.values = values;
+  view.value_token_stride = head_dim;
+  view.bias = bias;
+  view.positions = positions;
+  view.scores = scores;
+  view.length = length;
+  view.capacity = capacity;
+  view.head_dim = head_dim;
+  return view;
+}
+
+namespace detail {
+
+template <StorageElement T>
+void validate_layout(const HeadView<T>& h, const std::string& name) {
+  using detail::require;
+  require(h.head_dim > 0, ErrorCode::invalid_argument, name, ": head_dim must be positive, got ", h.head_dim);
+  require(h.length <= h.capacity, ErrorCode::capacity_overflow, name, ": length ", h.length,
+          " exceeds capacity ", h.capacity);
+  require(h.keys && h.values, ErrorCode::invalid_argument, name, ": null key or value buffer");
+  require(h.bias && h.positions, ErrorCode::invalid_argument, name,
+          ": null bias or positions buffer (both are required)");
+  require(h.key_token_stride != 0 && h.key_dim_stride != 0 && h.value_token_stride != 0 &&
+              h.value_dim_stride != 0,
+          ErrorCode::invalid_argument, name, ": a stride is zero");
+  // Entries must not alias: the span of one token's dims must not reach into the next token.
+  auto distinct = [&](std::ptrdiff_t token, std::ptrdiff_t dim) {
+    const auto t = token < 0 ? -token : token;
+    const auto s = dim < 0 ? -dim : dim;
+    return h.capacity <= 1 || t >= s * h.head_dim || s >= t * static_cast<std::ptrdiff_t>(h.capacity);
+  };
+  require(distinct(h.key_token_stride, h.key_dim_stride), ErrorCode::invalid_argument, name,
+          ": key strides (token ", h.key_token_stride, ", dim ", h.key_dim_stride,
+          ") make entries overlap for head_dim ", h.head_dim, " and capacity ", h.capacity);
+  require(distinct(h.value_token_stride, h.value_dim_stride), ErrorCode::invalid_argument, name,
+          ": value strides (token ", h.value_token_stride, ", dim ", h.value_dim_stride,
+          ") make entries overlap for head_dim ", h.head_dim, " and capacity ", h.capacity);
+}
+
+}  // namespace detail
+}  // namespace simcalkv

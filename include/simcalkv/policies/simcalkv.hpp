@@ -1,0 +1,107 @@
+// simcalkv: SimCalKV, similarity-aware merging with bias calibration (the flagship policy).
+//
+// Per head: score entries by window attention (GQA group aggregated, bias included), keep the
+// protected entries and the top scorers up to the budget, send every other entry to its most
+// cosine-similar survivor, merge each set with mass weights, and give the merged entry a logit
+// bias so it keeps the set's share of attention. See ALGORITHMS.md.
+#pragma once
+
+#include "simcalkv/kernels/merge.hpp"
+#include "simcalkv/kernels/scoring.hpp"
+#include "simcalkv/kernels/select.hpp"
+#include "simcalkv/kernels/similarity.hpp"
+#include "simcalkv/policy.hpp"
+
+#include <limits>
+#include <string_view>
+
+namespace simcalkv {
+
+enum class SimilaritySearch {
+  local,  // the `search_radius` survivors nearest in position on each side: O(|E| w d)
+  exact,  // every survivor: O(|E| |C| d)
+};
+
+struct SimCalKVOptions {
+  std::size_t sink_tokens = 4;
+  int recent_tokens = -1;  // -1: as many as the window has queries
+  kernels::Pooling pooling = kernels::Pooling::none;
+  int pool_kernel = 7;
+  SimilaritySearch search = SimilaritySearch::local;
+  std::size_t search_radius = 64;
+  /// Candidates whose best cosine similarity is below this are evicted instead of merged.
+  float similarity_threshold = -std::numeric_limits<float>::infinity();
+  BiasMode bias = BiasMode::bounded;
+  bool merge_keys = true;
+};
+
+/// Protected entries for a request: sinks, and `recent` (or the window length when negative).
+inline Protection make_protection(std::size_t sinks, int recent, int window_tokens) {
+  return Protection{sinks, static_cast<std::size_t>(recent >= 0 ? recent : window_tokens)};
+}
+
+class SimCalKV {
+ public:
+  SimCalKV() = default;
+  explicit SimCalKV(const SimCalKVOptions& options) : options_(options) {
+    detail::require(options.search_radius > 0, ErrorCode::invalid_argument, "SimCalKV: search radius must be positive");
+    detail::require(options.pool_kernel > 0, ErrorCode::invalid_argument, "SimCalKV: pool kernel must be positive");
+    detail::require(!std::isnan(options.similarity_threshold), ErrorCode::invalid_argument,
+                    "SimCalKV: similarity threshold is NaN");
+  }
+
+  [[nodiscard]] std::string_view name() const noexcept { return "SimCalKV"; }
+  [[nodiscard]] const SimCalKVOptions& options() const noexcept { return options_; }
+
+  template <StorageElement T>
+  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
+    const auto budgets = uniform_head_budgets(request);
+    return compress_with_budgets(request, workspace, budgets);
+  }
+
+  /// For budget allocators (AdaKV) that give heads different budgets.
+  template <StorageElement T>
+  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                                         std::span<const std::size_t> budgets) const {
+    const Protection protection =
+        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
+    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
+                    "SimCalKV: needs an observation window (no window queries given)");
+    const int group = request.group_size();
+    return run_compression(request, workspace, name(), budgets, protection,
+                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
+                             plan_head(head, static_cast<int>(h), group, budget, protection, request.window, s);
+                           });
+  }
+
+  /// Plans one head into s.plan; public so per-head allocators and tools can reuse it.
+  template <StorageElement T>
+  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
+                 const WindowView& window, HeadScratch& s) const {
+    kernels::load_keys(head, s);
+    kernels::score_window(head, window, kv_head, group, s);
+    const float* selection_score = s.score.data();
+    if (options_.pooling != kernels::Pooling::none) {
+      s.similarity.resize(head.length);
+      kernels::pool_scores(s.score.data(), s.similarity.data(), head.length, options_.pooling, options_.pool_kernel);
+      selection_score = s.similarity.data();
+    }
+    kernels::select_top(selection_score, head.length, budget, protection, s.indices, s.indices2);
+    kernels::complement(s.indices, head.length, s.indices2);
+    const kernels::SimilarityInputs inputs{s.keys.data(), s.inv_norms.data(), static_cast<std::size_t>(head.head_dim),
+                                           s.indices, s.indices2};
+    if (options_.search == SimilaritySearch::local)
+      kernels::assign_local(inputs, options_.search_radius, s.assignment, s.similarity);
+    else
+      kernels::assign_exact(inputs, s.floats, s.assignment, s.similarity);
+    for (std::size_t c = 0; c < s.assignment.size(); ++c)
+      if (s.similarity[c] < options_.similarity_threshold) s.assignment[c] = -1;
+    kernels::merge_into_plan(head, s, s.indices, s.indices2, s.assignment,
+                             kernels::MergeOptions{options_.bias, options_.merge_keys}, s.plan);
+  }
+
+ private:
+  SimCalKVOptions options_;
+};
+
+}  // namespace simcalkv

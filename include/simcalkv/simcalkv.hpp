@@ -1,0 +1,14 @@
+// simcalkv: umbrella header. KV-cache compression by similarity-aware merging with bias
+// calibration, for any host inference engine.
+#pragma once
+
+#include "simcalkv/budget.hpp"
+#include "simcalkv/error.hpp"
+#include "simcalkv/executor.hpp"
+#include "simcalkv/head_view.hpp"
+#include "simcalkv/kernels/attention.hpp"
+#include "simcalkv/kv_cache.hpp"
+#include "simcalkv/numeric.hpp"
+#include "simcalkv/policies/simcalkv.hpp"
+#include "simcalkv/policy.hpp"
+#include "simcalkv/window.hpp"
