@@ -2,6 +2,7 @@
 // calibration, for any host inference engine.
 #pragma once
 
+#include "simcalkv/any_policy.hpp"
 #include "simcalkv/budget.hpp"
 #include "simcalkv/error.hpp"
 #include "simcalkv/executor.hpp"
@@ -9,6 +10,8 @@
 #include "simcalkv/kernels/attention.hpp"
 #include "simcalkv/kv_cache.hpp"
 #include "simcalkv/numeric.hpp"
+#include "simcalkv/policies/full.hpp"
 #include "simcalkv/policies/simcalkv.hpp"
 #include "simcalkv/policy.hpp"
+#include "simcalkv/registry.hpp"
 #include "simcalkv/window.hpp"

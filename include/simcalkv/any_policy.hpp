@@ -1,0 +1,72 @@
+// simcalkv: a type-erased policy, for hosts and tools that choose the method at run time.
+#pragma once
+
+#include "simcalkv/policy.hpp"
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+
+namespace simcalkv {
+
+/// Holds any KVCachePolicy (for every storage element type) behind one value type; itself a
+/// KVCachePolicy. Copies share the immutable policy.
+class AnyPolicy {
+ public:
+  template <class P>
+    requires(KVCachePolicy<P, float> && KVCachePolicy<P, half> && KVCachePolicy<P, bfloat16> &&
+             !std::is_same_v<std::decay_t<P>, AnyPolicy>)
+  explicit AnyPolicy(P policy, std::string spec = {})
+      : impl_(std::make_shared<Model<P>>(std::move(policy))),
+        spec_(spec.empty() ? std::string(impl_->name()) : std::move(spec)) {}
+
+  /// The same policy under another specification string.
+  AnyPolicy(const AnyPolicy& other, std::string spec) : impl_(other.impl_), spec_(std::move(spec)) {}
+  AnyPolicy(const AnyPolicy&) = default;
+  AnyPolicy(AnyPolicy&&) noexcept = default;
+  AnyPolicy& operator=(const AnyPolicy&) = default;
+  AnyPolicy& operator=(AnyPolicy&&) noexcept = default;
+
+  template <StorageElement T>
+  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
+    return impl_->compress(request, workspace);
+  }
+  /// The policy's own name, e.g. "SimCalKV".
+  [[nodiscard]] std::string_view name() const noexcept { return impl_->name(); }
+  /// The specification it was built from, e.g. "SimCalKV:bias=log_count".
+  [[nodiscard]] const std::string& spec() const noexcept { return spec_; }
+  /// The wrapped policy, if it is a P.
+  template <class P>
+  [[nodiscard]] const P* target() const noexcept {
+    const auto* model = dynamic_cast<const Model<P>*>(impl_.get());
+    return model ? &model->policy : nullptr;
+  }
+
+ private:
+  struct Concept {
+    virtual ~Concept() = default;
+    virtual CompressionStats compress(const LayerRequest<float>&, Workspace&) const = 0;
+    virtual CompressionStats compress(const LayerRequest<half>&, Workspace&) const = 0;
+    virtual CompressionStats compress(const LayerRequest<bfloat16>&, Workspace&) const = 0;
+    [[nodiscard]] virtual std::string_view name() const noexcept = 0;
+  };
+  template <class P>
+  struct Model final : Concept {
+    explicit Model(P p) : policy(std::move(p)) {}
+    CompressionStats compress(const LayerRequest<float>& r, Workspace& w) const override { return policy.compress(r, w); }
+    CompressionStats compress(const LayerRequest<half>& r, Workspace& w) const override { return policy.compress(r, w); }
+    CompressionStats compress(const LayerRequest<bfloat16>& r, Workspace& w) const override {
+      return policy.compress(r, w);
+    }
+    [[nodiscard]] std::string_view name() const noexcept override { return policy.name(); }
+    P policy;
+  };
+
+  std::shared_ptr<const Concept> impl_;
+  std::string spec_;
+};
+
+static_assert(KVCachePolicy<AnyPolicy, float>);
+
+}  // namespace simcalkv
