@@ -467,6 +467,14 @@ TEST_CASE("safetensors: writer errors", "[io]") {
              Contains("reserved"));
   CHECK(w.size() == 1);
 
+  SECTION("names and metadata must be UTF-8") {
+    SafetensorsWriter bad;
+    bad.set_metadata("k", "\xff\xfe");
+    const std::string path = tmp.file("utf8.safetensors");
+    CHECK_THAT(error_of([&] { bad.write(path); }, ErrorCode::invalid_argument), Contains("utf8.safetensors"));
+    CHECK_FALSE(fs::exists(path));
+  }
+
   SECTION("write into a missing directory leaves nothing behind") {
     const std::string path = (tmp.path() / "no" / "such" / "dir.safetensors").string();
     CHECK_THAT(error_of([&] { w.write(path); }), Contains("dir.safetensors") && Contains("cannot"));

@@ -21,8 +21,10 @@
 // attention on average. RoPE is applied to q and k at their positions with the HF rotate_half
 // convention (channel i pairs with i + head_dim/2). Random numbers come from std::mt19937_64
 // through our own uniform and Box-Muller mappings, one stream for the sequence, one per KV head
-// and one per query head, so a seed gives the same trace with any standard library (libm may
-// differ in last bits) and fewer layers give a prefix of more layers' trace.
+// and one per query head, so a seed gives the same trace with any standard library and fewer
+// layers give a prefix of more layers' trace. Bit-identical output across builds also needs the
+// same floating-point contraction (FMA) and libm; simcalkv-tracegen is built with
+// -ffp-contract=off, which makes its output independent of -march.
 #pragma once
 
 #include "simcalkv/error.hpp"

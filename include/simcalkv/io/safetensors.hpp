@@ -481,7 +481,12 @@ class SafetensorsWriter {
       header[e.name] = std::move(t);
       offset += e.data.size();
     }
-    std::string text = header.dump();
+    std::string text;
+    try {
+      text = header.dump();
+    } catch (const nlohmann::json::exception& e) {  // e.g. a name or value that is not UTF-8
+      detail::fail(ErrorCode::invalid_argument, "safetensors writer: cannot write '", path, "': ", e.what());
+    }
     text.append((8 - text.size() % 8) % 8, ' ');
 
     const std::string tmp = path + ".tmp";
