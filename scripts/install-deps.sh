@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages simcalkv builds with, when any is missing.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libeigen3-dev libxsimd-dev catch2 libbenchmark-dev
-          nlohmann-json3-dev libomp-dev python3-matplotlib)
+          nlohmann-json3-dev libomp-dev python3-matplotlib libpcre2-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -89,17 +89,56 @@ inline void load_strided(const T* src, std::ptrdiff_t stride, float* dst, std::s
   for (std::size_t i = 0; i < count; ++i) dst[i] = to_float(src[static_cast<std::ptrdiff_t>(i) * stride]);
 }
 
-/// Narrows `count` floats into elements spaced `stride` apart (round to nearest even).
+/// Narrows `count` floats into elements spaced `stride` apart (round to nearest even, as Eigen's
+/// conversions: NaN stays NaN). Contiguous 16-bit rows use AVX2 / F16C when compiled in.
 template <StorageElement T>
 inline void store_strided(const float* src, T* dst, std::ptrdiff_t stride, std::size_t count) noexcept {
+  if (stride == 1) {
+    std::size_t i = 0;
+    if constexpr (std::is_same_v<T, float>) {
+      std::memcpy(dst, src, count * sizeof(float));
+      return;
+    }
+#if defined(__F16C__)
+    if constexpr (std::is_same_v<T, half>) {
+      for (; i + 8 <= count; i += 8) {
+        const __m256 x = _mm256_loadu_ps(src + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))) break;  // NaN: the scalar path
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT));
+      }
+    }
+#endif
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, bfloat16>) {
+      const __m256i ones = _mm256_set1_epi32(1);
+      const __m256i bias = _mm256_set1_epi32(0x7fff);
+      for (; i + 8 <= count; i += 8) {
+        const __m256 x = _mm256_loadu_ps(src + i);
+        if (_mm256_movemask_ps(_mm256_cmp_ps(x, x, _CMP_UNORD_Q))) break;  // NaN: the scalar path
+        const __m256i bits = _mm256_castps_si256(x);
+        const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), ones);
+        const __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(bias, lsb)), 16);
+        const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), packed);
+      }
+    }
+#endif
+    for (; i < count; ++i) dst[i] = from_float<T>(src[i]);
+    return;
+  }
   for (std::size_t i = 0; i < count; ++i) dst[static_cast<std::ptrdiff_t>(i) * stride] = from_float<T>(src[i]);
 }
 
 inline bool all_finite(const float* x, std::size_t count) noexcept {
-  // Multiplying by zero maps every finite value to 0 and NaN/Inf to NaN: one branch-free pass.
-  float acc = 0.0f;
-  for (std::size_t i = 0; i < count; ++i) acc += x[i] * 0.0f;
-  return acc == 0.0f;
+  // A float is NaN or Inf when its exponent bits are all ones; adding one exponent unit then
+  // carries into the sign bit. Integer operations only, so the loop vectorises.
+  std::uint32_t bad = 0;
+  for (std::size_t i = 0; i < count; ++i) {
+    std::uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    bad |= (bits & 0x7f800000u) + 0x00800000u;
+  }
+  return (bad & 0x80000000u) == 0;
 }
 
 }  // namespace simcalkv

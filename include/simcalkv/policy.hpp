@@ -19,6 +19,7 @@
 #include <concepts>
 #include <cstdint>
 #include <cmath>
+#include <cstring>
 #include <deque>
 #include <limits>
 #include <span>
@@ -198,8 +199,20 @@ template <StorageElement T>
 void commit_plan(HeadView<T>& head, const HeadPlan& plan) noexcept {
   if (plan.identity) return;
   const auto d = static_cast<std::size_t>(head.head_dim);
+  // Row-major keys and values move as whole rows (bit for bit, as move_entry does).
+  const bool rows = head.keys_contiguous() && head.values_contiguous();
   for (std::size_t slot = 0; slot < plan.keep.size(); ++slot) {
-    head.move_entry(plan.keep[slot], slot);  // keep is ascending, so slot <= source: safe in place
+    const std::size_t from = plan.keep[slot];  // keep is ascending, so slot <= source: safe in place
+    if (rows && from != slot) {
+      // Distinct entries never overlap (validate_layout); T is trivially copyable.
+      std::memcpy(static_cast<void*>(head.key(slot)), static_cast<const void*>(head.key(from)), d * sizeof(T));
+      std::memcpy(static_cast<void*>(head.value(slot)), static_cast<const void*>(head.value(from)), d * sizeof(T));
+      head.bias[slot] = head.bias[from];
+      head.positions[slot] = head.positions[from];
+      if (head.scores) head.scores[slot] = head.scores[from];
+    } else {
+      head.move_entry(from, slot);
+    }
     const auto row = plan.row_of_slot[slot];
     if (row < 0) continue;
     const auto r = static_cast<std::size_t>(row);

@@ -7,6 +7,21 @@
 #include "simcalkv/policies/full.hpp"
 #include "simcalkv/policies/simcalkv.hpp"
 #include "simcalkv/policy_options.hpp"
+// eviction policies and budget allocators
+#include "simcalkv/allocation.hpp"
+#include "simcalkv/policies/h2o.hpp"
+#include "simcalkv/policies/pyramid_infer.hpp"
+#include "simcalkv/policies/snapkv.hpp"
+#include "simcalkv/policies/streaming_llm.hpp"
+#include "simcalkv/policies/tova.hpp"
+// merging policies
+#include "simcalkv/policies/cam.hpp"
+#include "simcalkv/policies/d2o.hpp"
+#include "simcalkv/policies/interpolation.hpp"
+#include "simcalkv/policies/keepkv.hpp"
+#include "simcalkv/policies/kvmerger.hpp"
+
+#include <optional>
 
 #include <functional>
 #include <string>
@@ -53,6 +68,65 @@ inline SimCalKVOptions read_simcalkv_options(PolicyOptions& o) {
   return s;
 }
 
+/// Inner policies "AdaKV+<Name>" accepts: those taking per-head budgets. Options go to the inner
+/// policy, except alpha (AdaKV's floor).
+struct AdaKVInner {
+  const char* name;
+  AnyPolicy (*make)(PolicyOptions&);
+};
+
+template <class P, class Options>
+AnyPolicy make_adakv(PolicyOptions& o, Options (*read)(PolicyOptions&)) {
+  AdaKVOptions ada;
+  ada.alpha = o.get_double("alpha", ada.alpha, 0.0, 1.0);
+  return AnyPolicy(AdaKV<P>(P(read(o)), ada));
+}
+
+inline const std::vector<AdaKVInner>& adakv_inners() {
+  static const std::vector<AdaKVInner> inners = {
+      {"SimCalKV", [](PolicyOptions& o) { return make_adakv<SimCalKV>(o, &read_simcalkv_options); }},
+      {"SnapKV", [](PolicyOptions& o) { return make_adakv<SnapKV>(o, &SnapKV::read_options); }},
+      {"H2O", [](PolicyOptions& o) { return make_adakv<H2O>(o, &H2O::read_options); }},
+      {"TOVA", [](PolicyOptions& o) { return make_adakv<TOVA>(o, &TOVA::read_options); }},
+      {"StreamingLLM", [](PolicyOptions& o) { return make_adakv<StreamingLLM>(o, &StreamingLLM::read_options); }},
+      {"PyramidKV", [](PolicyOptions& o) { return make_adakv<PyramidKV>(o, &PyramidKV::read_options); }},
+      {"PyramidInfer", [](PolicyOptions& o) { return make_adakv<PyramidInfer>(o, &PyramidInfer::read_options); }},
+      {"KeepKV", [](PolicyOptions& o) { return make_adakv<KeepKV>(o, &KeepKV::read_options); }},
+      {"CaM", [](PolicyOptions& o) { return make_adakv<CaM>(o, &CaM::read_options); }},
+      {"KVMerger", [](PolicyOptions& o) { return make_adakv<KVMerger>(o, &KVMerger::read_options); }},
+      {"D2O", [](PolicyOptions& o) { return make_adakv<D2O>(o, &D2O::read_options); }},
+      {"LerpKV", [](PolicyOptions& o) { return make_adakv<LerpKV>(o, &LerpKV::read_options); }},
+      {"SlerpKV", [](PolicyOptions& o) { return make_adakv<SlerpKV>(o, &SlerpKV::read_options); }},
+      {"NlerpKV", [](PolicyOptions& o) { return make_adakv<NlerpKV>(o, &NlerpKV::read_options); }},
+  };
+  return inners;
+}
+
+inline AnyPolicy make_adakv_of(std::string_view inner, PolicyOptions& o) {
+  for (const auto& entry : adakv_inners())
+    if (to_lower(entry.name) == to_lower(inner)) return entry.make(o);
+  std::vector<std::string> names;
+  for (const auto& entry : adakv_inners()) names.push_back(entry.name);
+  fail(ErrorCode::invalid_argument, "AdaKV+", inner, ": '", inner,
+       "' is not a policy that takes per-head budgets; AdaKV composes with: ", join(names));
+}
+
+/// "AdaKV+<Name>[:options]" for any inner policy in adakv_inners(); nullopt if `name` is not
+/// of that form.
+inline std::optional<AnyPolicy> make_adakv_composition(const std::string& name, std::string_view options,
+                                                       std::string_view spec) {
+  const std::string prefix = "adakv+";
+  if (to_lower(name).rfind(prefix, 0) != 0) return std::nullopt;
+  const std::string inner = name.substr(prefix.size());
+  std::string canonical = inner;
+  for (const auto& entry : adakv_inners())
+    if (to_lower(entry.name) == to_lower(inner)) canonical = entry.name;
+  PolicyOptions parsed("AdaKV+" + canonical, options);
+  AnyPolicy policy = make_adakv_of(inner, parsed);
+  parsed.finish();
+  return AnyPolicy(policy, std::string(spec));
+}
+
 }  // namespace detail
 
 /// Every registered policy, in a stable order.
@@ -65,7 +139,50 @@ inline const std::vector<PolicyEntry>& policy_registry() {
                  "search (exact|local[:R]), radius, threshold, bias (bounded|calibrated|log_count|none), merge_keys",
                  [](PolicyOptions& o) { return AnyPolicy(SimCalKV(detail::read_simcalkv_options(o))); }});
     // -- eviction policies and budget allocators (insert entries below this line) --
+    e.push_back({"StreamingLLM", "attention sinks plus the most recent entries; options sinks",
+                 [](PolicyOptions& o) { return AnyPolicy(StreamingLLM(StreamingLLM::read_options(o))); }});
+    e.push_back({"H2O",
+                 "recent entries plus heavy hitters by accumulated attention (head.scores, else the window); "
+                 "options sinks, recent (-1: half the budget), seed_scores",
+                 [](PolicyOptions& o) { return AnyPolicy(H2O(H2O::read_options(o))); }});
+    e.push_back({"SnapKV", "top entries by pooled window attention, window kept; options sinks, recent, "
+                 "pooling (none|max|avg), pool_kernel",
+                 [](PolicyOptions& o) { return AnyPolicy(SnapKV(SnapKV::read_options(o))); }});
+    e.push_back({"TOVA", "top entries by the newest query's attention (group mean); options sinks, recent",
+                 [](PolicyOptions& o) { return AnyPolicy(TOVA(TOVA::read_options(o))); }});
+    e.push_back({"PyramidKV", "SnapKV with budgets falling linearly with depth; options sinks, recent, pooling, "
+                 "pool_kernel, beta",
+                 [](PolicyOptions& o) { return AnyPolicy(PyramidKV(PyramidKV::read_options(o))); }});
+    e.push_back({"PyramidInfer", "geometric per-layer budgets, selection by recency-weighted window attention; "
+                 "options sinks, recent, decay, distance_weight",
+                 [](PolicyOptions& o) { return AnyPolicy(PyramidInfer(PyramidInfer::read_options(o))); }});
+    e.push_back({"AdaKV+SnapKV", "AdaKV per-head budgets with SnapKV; options alpha plus SnapKV's",
+                 [](PolicyOptions& o) { return detail::make_adakv_of("SnapKV", o); }});
+    e.push_back({"AdaKV+SimCalKV", "AdaKV per-head budgets with SimCalKV; options alpha plus SimCalKV's",
+                 [](PolicyOptions& o) { return detail::make_adakv_of("SimCalKV", o); }});
     // -- merging policies (insert entries below this line) --
+    e.push_back({"KeepKV",
+                 "electoral votes as a logit bias log(votes), similarity-gated mass-weighted merging, EMA window "
+                 "scores; options sinks, recent, threshold, ema, search (exact|local), radius",
+                 [](PolicyOptions& o) { return AnyPolicy(KeepKV(KeepKV::read_options(o))); }});
+    e.push_back({"CaM", "evicted values spread over the next kept values with probability min(1, a/mean); "
+                 "options sinks, recent, span, seed",
+                 [](PolicyOptions& o) { return AnyPolicy(CaM(CaM::read_options(o))); }});
+    e.push_back({"KVMerger", "runs of similar neighbouring keys merged around their pivot with Gaussian weights; "
+                 "options sinks, recent, threshold, sigma (0: adaptive)",
+                 [](PolicyOptions& o) { return AnyPolicy(KVMerger(KVMerger::read_options(o))); }});
+    e.push_back({"D2O", "nearest-key merging above an EMA threshold, similarity-weighted; options sinks, recent, "
+                 "beta, tau, self_weight, search (exact|local), radius",
+                 [](PolicyOptions& o) { return AnyPolicy(D2O(D2O::read_options(o))); }});
+    e.push_back({"LerpKV", "linear interpolation into the most similar kept entry by attention mass; options "
+                 "sinks, recent, threshold, search (exact|local), radius",
+                 [](PolicyOptions& o) { return AnyPolicy(LerpKV(LerpKV::read_options(o))); }});
+    e.push_back({"SlerpKV", "spherical interpolation (norms linear) into the most similar kept entry by attention "
+                 "mass; options sinks, recent, threshold, search (exact|local), radius",
+                 [](PolicyOptions& o) { return AnyPolicy(SlerpKV(SlerpKV::read_options(o))); }});
+    e.push_back({"NlerpKV", "normalised linear interpolation into the most similar kept entry by attention mass; "
+                 "options sinks, recent, threshold, search (exact|local), radius",
+                 [](PolicyOptions& o) { return AnyPolicy(NlerpKV(NlerpKV::read_options(o))); }});
     return e;
   }();
   return entries;
@@ -89,6 +206,7 @@ inline AnyPolicy make_policy(std::string_view spec) {
     parsed.finish();
     return AnyPolicy(policy, std::string(spec));
   }
+  if (auto composed = detail::make_adakv_composition(name, options, spec)) return *composed;
   detail::fail(ErrorCode::invalid_argument, "unknown policy '", name, "'; policies: ", join(policy_names()));
 }
 

@@ -4,6 +4,7 @@
 
 #include "simcalkv/any_policy.hpp"
 #include "simcalkv/budget.hpp"
+#include "simcalkv/decode_driver.hpp"
 #include "simcalkv/error.hpp"
 #include "simcalkv/executor.hpp"
 #include "simcalkv/head_view.hpp"

@@ -2,7 +2,9 @@
 //
 // out_r = sum_j softmax_j(scale * q_r . k_j + bias_j) v_j for each query row r, computed with an
 // online softmax in float over tiles of entries. All rows share one read of each tile of K and V,
-// so the G query heads of a GQA group cost one pass over the cache.
+// so the G query heads of a GQA group cost one pass over the cache. With AVX2 and FMA, contiguous
+// keys and values and head_dim a multiple of 16 take a register-blocked path (attend_rows_fast);
+// anything else the portable one.
 #pragma once
 
 #include "simcalkv/head_view.hpp"
@@ -12,6 +14,7 @@
 #include <cmath>
 #include <limits>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 namespace simcalkv {
@@ -37,8 +40,9 @@ struct AttentionRows {
   std::ptrdiff_t out_stride = 0;
 };
 
+/// The portable path: any strides, any head_dim, any build target.
 template <StorageElement T>
-void attend_rows(const HeadView<T>& head, const AttentionRows& rows, const AttentionOptions& options) {
+void attend_rows_generic(const HeadView<T>& head, const AttentionRows& rows, const AttentionOptions& options) {
   constexpr std::size_t tile = 32;
   const auto d = static_cast<std::size_t>(head.head_dim);
   const auto R = static_cast<std::size_t>(rows.count);
@@ -127,6 +131,283 @@ void attend_rows(const HeadView<T>& head, const AttentionRows& rows, const Atten
         if (lr[j] != neg_inf) head.scores[j] += std::exp(lr[j] - running_max[r]) * norm;
     }
   }
+}
+
+#if defined(__AVX2__) && defined(__FMA__)
+namespace detail_attention {
+
+/// 16 consecutive storage elements widened to two float vectors in "storage order": elements
+/// 0..7 and 8..15 for float and half; for bfloat16 the even and the odd elements, because a bf16
+/// pair in a 32-bit lane becomes two floats by one shift and one mask. Queries and accumulators
+/// are kept in the same order, so dot products and sums need no shuffles; only the output is
+/// put back in natural order.
+template <class T>
+struct Block16 {
+  static constexpr bool available = false;
+};
+template <>
+struct Block16<float> {
+  static constexpr bool available = true;
+  static constexpr bool interleaved = false;
+  static void load(const float* p, __m256& a, __m256& b) noexcept {
+    a = _mm256_loadu_ps(p);
+    b = _mm256_loadu_ps(p + 8);
+  }
+};
+template <>
+struct Block16<bfloat16> {
+  static constexpr bool available = true;
+  static constexpr bool interleaved = true;
+  static void load(const bfloat16* p, __m256& a, __m256& b) noexcept {
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    a = _mm256_castsi256_ps(_mm256_slli_epi32(x, 16));
+    b = _mm256_castsi256_ps(_mm256_and_si256(x, _mm256_set1_epi32(static_cast<int>(0xffff0000u))));
+  }
+};
+#if defined(__F16C__)
+template <>
+struct Block16<half> {
+  static constexpr bool available = true;
+  static constexpr bool interleaved = false;
+  static void load(const half* p, __m256& a, __m256& b) noexcept {
+    a = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    b = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  }
+};
+#endif
+
+/// Sums of each of 8 vectors, as one vector (element k = sum of v[k]).
+inline __m256 hsum8(const __m256* v) noexcept {
+  const __m256 h01 = _mm256_hadd_ps(v[0], v[1]);
+  const __m256 h23 = _mm256_hadd_ps(v[2], v[3]);
+  const __m256 h45 = _mm256_hadd_ps(v[4], v[5]);
+  const __m256 h67 = _mm256_hadd_ps(v[6], v[7]);
+  const __m256 h0123 = _mm256_hadd_ps(h01, h23);  // [s0 s1 s2 s3 | s0' s1' s2' s3'] (low and high halves)
+  const __m256 h4567 = _mm256_hadd_ps(h45, h67);
+  return _mm256_add_ps(_mm256_permute2f128_ps(h0123, h4567, 0x20), _mm256_permute2f128_ps(h0123, h4567, 0x31));
+}
+
+inline float hsum(__m256 v) noexcept {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+
+/// Per-thread scratch, grown on demand: no allocation per call once warm.
+inline std::vector<float>& scratch_floats() {
+  thread_local std::vector<float> buffer;
+  return buffer;
+}
+inline std::vector<float>& scratch_logits() {
+  thread_local std::vector<float> buffer;
+  return buffer;
+}
+
+/// One tile of entries [j0, j0 + m) for NR query rows (storage-order queries q, pre-scaled):
+/// logits, online-softmax update, and the probability-weighted values added into acc.
+/// Prefetches the cache lines of `bytes` bytes at p.
+inline void prefetch_row(const void* p, std::size_t bytes) noexcept {
+  const char* c = static_cast<const char*>(p);
+  for (std::size_t o = 0; o < bytes; o += 64) _mm_prefetch(c + o, _MM_HINT_T0);
+}
+
+template <class T, int NR>
+inline void attend_tile(const HeadView<T>& head, std::size_t j0, std::size_t m, const float* q, const Position* limits,
+                        float* acc, float* running_max, float* running_sum, float* logits, std::size_t tile,
+                        float* all_logits, std::size_t all_stride, bool prefetch) noexcept {
+  using B = Block16<T>;
+  constexpr int NE = 2;  // entries per step of the logit loop: NR * NE accumulators
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  const auto d = static_cast<std::size_t>(head.head_dim);
+
+  const std::size_t row_bytes = d * sizeof(T);
+  // Logits: NR rows x NE entries per step, each key block loaded once for all rows. The first row
+  // group of a tile also prefetches the tile's values (the value loop below reads them in
+  // columns, which the hardware prefetcher does not follow) and the next tile's keys.
+  for (std::size_t t = 0; t < m; t += NE) {
+    const T* kp[NE];
+    for (int e = 0; e < NE; ++e) kp[e] = head.key(j0 + std::min(t + static_cast<std::size_t>(e), m - 1));
+    if (prefetch) {
+      for (int e = 0; e < NE && t + static_cast<std::size_t>(e) < m; ++e) {
+        const std::size_t j = j0 + t + static_cast<std::size_t>(e);
+        prefetch_row(head.value(j), row_bytes);
+        if (j + tile < head.length) prefetch_row(head.key(j + tile), row_bytes);
+      }
+    }
+    __m256 sums[NR * NE];
+    for (auto& s : sums) s = _mm256_setzero_ps();
+    for (std::size_t b = 0; b < d; b += 16) {
+      __m256 k0[NE], k1[NE];
+      for (int e = 0; e < NE; ++e) B::load(kp[e] + b, k0[e], k1[e]);
+      for (int r = 0; r < NR; ++r) {
+        const __m256 q0 = _mm256_loadu_ps(q + static_cast<std::size_t>(r) * d + b);
+        const __m256 q1 = _mm256_loadu_ps(q + static_cast<std::size_t>(r) * d + b + 8);
+        for (int e = 0; e < NE; ++e) sums[r * NE + e] = _mm256_fmadd_ps(q1, k1[e], _mm256_fmadd_ps(q0, k0[e], sums[r * NE + e]));
+      }
+    }
+    float dots[8];
+    if constexpr (NR * NE == 8) {
+      _mm256_storeu_ps(dots, hsum8(sums));
+    } else {
+      for (int k = 0; k < NR * NE; ++k) dots[k] = hsum(sums[k]);
+    }
+    for (int e = 0; e < NE && t + static_cast<std::size_t>(e) < m; ++e) {
+      const std::size_t j = j0 + t + static_cast<std::size_t>(e);
+      for (int r = 0; r < NR; ++r) {
+        const bool visible = !limits || head.positions[j] <= limits[r];
+        logits[static_cast<std::size_t>(r) * tile + t + static_cast<std::size_t>(e)] =
+            visible ? dots[r * NE + e] + head.bias[j] : neg_inf;
+      }
+    }
+  }
+  if (all_logits)
+    for (int r = 0; r < NR; ++r)
+      std::copy_n(logits + static_cast<std::size_t>(r) * tile, m, all_logits + static_cast<std::size_t>(r) * all_stride + j0);
+
+  // Online softmax: logits become exp(logit - running max).
+  bool any = false;
+  for (int r = 0; r < NR; ++r) {
+    float* lr = logits + static_cast<std::size_t>(r) * tile;
+    const float tile_max = max_of(lr, m);
+    if (tile_max == neg_inf) {
+      std::fill(lr, lr + m, 0.0f);
+      continue;
+    }
+    any = true;
+    const float new_max = std::max(running_max[r], tile_max);
+    if (running_max[r] != neg_inf && new_max != running_max[r]) {
+      const float rescale = std::exp(running_max[r] - new_max);
+      running_sum[r] *= rescale;
+      kernels::scale(rescale, acc + static_cast<std::size_t>(r) * d, d);
+    }
+    running_max[r] = new_max;
+    running_sum[r] += exp_shifted_sum(lr, new_max, m);
+  }
+  if (!any) return;
+
+  // Values: per block of 16 dims, NR x 2 accumulators stay in registers over the tile.
+  for (std::size_t b = 0; b < d; b += 16) {
+    __m256 a0[NR], a1[NR];
+    for (int r = 0; r < NR; ++r) {
+      a0[r] = _mm256_loadu_ps(acc + static_cast<std::size_t>(r) * d + b);
+      a1[r] = _mm256_loadu_ps(acc + static_cast<std::size_t>(r) * d + b + 8);
+    }
+    for (std::size_t t = 0; t < m; ++t) {
+      __m256 v0, v1;
+      B::load(head.value(j0 + t) + b, v0, v1);
+      for (int r = 0; r < NR; ++r) {
+        const __m256 p = _mm256_broadcast_ss(logits + static_cast<std::size_t>(r) * tile + t);
+        a0[r] = _mm256_fmadd_ps(p, v0, a0[r]);
+        a1[r] = _mm256_fmadd_ps(p, v1, a1[r]);
+      }
+    }
+    for (int r = 0; r < NR; ++r) {
+      _mm256_storeu_ps(acc + static_cast<std::size_t>(r) * d + b, a0[r]);
+      _mm256_storeu_ps(acc + static_cast<std::size_t>(r) * d + b + 8, a1[r]);
+    }
+  }
+}
+
+}  // namespace detail_attention
+
+/// AVX2 path for contiguous keys and values, head_dim a multiple of 16, float/half/bf16 storage.
+/// Tiles of entries outside, groups of up to 4 query rows inside: each tile of K and V is read
+/// from memory once for all rows, 16-bit storage is widened in registers, and the accumulators
+/// of a row group stay in registers across the tile.
+template <StorageElement T>
+void attend_rows_fast(const HeadView<T>& head, const AttentionRows& rows, const AttentionOptions& options) {
+  using namespace detail_attention;
+  constexpr std::size_t tile = 32;
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  const auto d = static_cast<std::size_t>(head.head_dim);
+  const auto R = static_cast<std::size_t>(rows.count);
+  const std::size_t n = head.length;
+  const float scale = options.scale != 0.0f ? options.scale : 1.0f / std::sqrt(static_cast<float>(d));
+
+  std::vector<float>& scratch = scratch_floats();
+  scratch.resize(R * d + R * d + 2 * R + 4 * tile);
+  float* q = scratch.data();       // [R][d] pre-scaled, storage order
+  float* acc = q + R * d;          // [R][d] storage order
+  float* running_max = acc + R * d;
+  float* running_sum = running_max + R;
+  float* logits = running_sum + R;  // [4][tile]
+  for (std::size_t r = 0; r < R; ++r) {
+    const float* src = rows.queries + static_cast<std::ptrdiff_t>(r) * rows.query_stride;
+    float* dst = q + r * d;
+    if constexpr (Block16<T>::interleaved) {
+      for (std::size_t b = 0; b < d; b += 16)
+        for (std::size_t k = 0; k < 8; ++k) {
+          dst[b + k] = scale * src[b + 2 * k];
+          dst[b + 8 + k] = scale * src[b + 2 * k + 1];
+        }
+    } else {
+      for (std::size_t i = 0; i < d; ++i) dst[i] = scale * src[i];
+    }
+  }
+  std::fill(acc, acc + R * d, 0.0f);
+  std::fill(running_max, running_max + R, neg_inf);
+  std::fill(running_sum, running_sum + R, 0.0f);
+
+  float* all_logits = nullptr;
+  if (options.accumulate_scores) {
+    std::vector<float>& buffer = scratch_logits();
+    buffer.resize(R * n);
+    all_logits = buffer.data();
+  }
+
+  for (std::size_t j0 = 0; j0 < n; j0 += tile) {
+    const std::size_t m = std::min(tile, n - j0);
+    std::size_t r = 0;
+    auto group = [&](auto rows_in_group) {
+      constexpr int NR = decltype(rows_in_group)::value;
+      attend_tile<T, NR>(head, j0, m, q + r * d, rows.positions ? rows.positions + r : nullptr, acc + r * d,
+                         running_max + r, running_sum + r, logits, tile, all_logits ? all_logits + r * n : nullptr, n,
+                         r == 0);
+      r += NR;
+    };
+    while (r + 4 <= R) group(std::integral_constant<int, 4>{});
+    if (r + 2 <= R) group(std::integral_constant<int, 2>{});
+    if (r < R) group(std::integral_constant<int, 1>{});
+  }
+
+  for (std::size_t r = 0; r < R; ++r) {
+    float* out = rows.out + static_cast<std::ptrdiff_t>(r) * rows.out_stride;
+    const float inv = running_sum[r] > 0.0f ? 1.0f / running_sum[r] : 0.0f;
+    const float* a = acc + r * d;
+    if constexpr (Block16<T>::interleaved) {
+      for (std::size_t b = 0; b < d; b += 16)
+        for (std::size_t k = 0; k < 8; ++k) {
+          out[b + 2 * k] = a[b + k] * inv;
+          out[b + 2 * k + 1] = a[b + 8 + k] * inv;
+        }
+    } else {
+      for (std::size_t i = 0; i < d; ++i) out[i] = a[i] * inv;
+    }
+  }
+
+  if (options.accumulate_scores) {
+    const float row_weight = 1.0f / static_cast<float>(R);
+    for (std::size_t r = 0; r < R; ++r) {
+      if (running_sum[r] <= 0.0f) continue;
+      const float* lr = all_logits + r * n;
+      const float norm = row_weight / running_sum[r];
+      for (std::size_t j = 0; j < n; ++j)
+        if (lr[j] != neg_inf) head.scores[j] += std::exp(lr[j] - running_max[r]) * norm;
+    }
+  }
+}
+#endif  // __AVX2__ && __FMA__
+
+/// out_r = softmax(scale * q_r . K + bias) V for every row (see the file comment).
+template <StorageElement T>
+void attend_rows(const HeadView<T>& head, const AttentionRows& rows, const AttentionOptions& options) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (detail_attention::Block16<T>::available) {
+    if (head.head_dim % 16 == 0 && head.keys_contiguous() && head.values_contiguous())
+      return attend_rows_fast(head, rows, options);
+  }
+#endif
+  attend_rows_generic(head, rows, options);
 }
 
 }  // namespace kernels

@@ -77,13 +77,18 @@ void score_window(const HeadView<T>& head, const WindowView& window, int kv_head
   ConstMatrixMap k(s.keys.data(), static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(d));
   logits.noalias() = q * k.transpose();
 
+  // One pass per row while it is in cache: bias and mask, max, exp, then the row's share of the
+  // column sums. Rows are added in row order, a fixed summation order: results are reproducible.
+  // Fresh entries have zero bias; adding zeros changes nothing, so it is skipped when all are.
+  const bool any_bias = std::any_of(head.bias, head.bias + n, [](float b) { return b != 0.0f; });
   for (std::size_t r = 0; r < R; ++r) {
     float* row = s.probs.data() + r * n;
     const Position limit = s.row_positions[r];
     // Entries are in ascending position order, so the visible ones are a prefix.
     const auto visible = static_cast<std::size_t>(
         std::upper_bound(head.positions, head.positions + n, limit) - head.positions);
-    for (std::size_t j = 0; j < visible; ++j) row[j] += head.bias[j];
+    if (any_bias)
+      for (std::size_t j = 0; j < visible; ++j) row[j] += head.bias[j];
     std::fill(row + visible, row + n, neg_inf);
     s.row_max[r] = max_of(row, visible);
     if (s.row_max[r] == neg_inf) {
@@ -91,13 +96,8 @@ void score_window(const HeadView<T>& head, const WindowView& window, int kv_head
       continue;
     }
     s.row_sum[r] = exp_shifted_sum(row, s.row_max[r], n);
-  }
-  // Column sums in row order: a fixed summation order keeps results reproducible.
-  for (std::size_t r = 0; r < R; ++r) {
     if (s.row_sum[r] <= 0.0f) continue;
-    const float* row = s.probs.data() + r * n;
-    axpy(1.0f, row, s.mass.data(), n);
-    axpy(1.0f / (s.row_sum[r] * static_cast<float>(R)), row, s.score.data(), n);
+    axpy2(1.0f, 1.0f / (s.row_sum[r] * static_cast<float>(R)), row, s.mass.data(), s.score.data(), n);
   }
 }
 
@@ -107,17 +107,55 @@ inline float log_window_mass(const float* key, Position position, const HeadScra
                              float* buffer) {
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
   const std::size_t R = s.row_positions.size();
+  // q_r . key for every row, eight rows per register-blocked step.
+  std::size_t r = 0;
+  for (; r + 8 <= R; r += 8) {
+    const float* rows[8];
+    for (std::size_t k = 0; k < 8; ++k) rows[k] = s.queries.data() + (r + k) * d;
+    dot_block<8, 1>(rows, &key, d, buffer + r);
+  }
+  for (; r < R; ++r) buffer[r] = dot(s.queries.data() + r * d, key, d);
   float best = neg_inf;
-  for (std::size_t r = 0; r < R; ++r) {
+  for (r = 0; r < R; ++r) {
     const bool sees = s.row_positions[r] >= position && s.row_max[r] != neg_inf;
-    buffer[r] = sees ? dot(s.queries.data() + r * d, key, d) - s.row_max[r] : neg_inf;
+    buffer[r] = sees ? buffer[r] - s.row_max[r] : neg_inf;
     best = std::max(best, buffer[r]);
   }
   if (best == neg_inf) return best;
-  double sum = 0.0;
-  for (std::size_t r = 0; r < R; ++r)
-    if (buffer[r] != neg_inf) sum += std::exp(static_cast<double>(buffer[r] - best));
-  return best + static_cast<float>(std::log(sum));
+  // exp(-inf) is 0, so rows that do not see the entry drop out of the sum.
+  return best + std::log(exp_shifted_sum(buffer, best, R));
+}
+
+/// log_window_mass for `count` keys at once: out[k] for keys + k * d at positions[k]. One matrix
+/// product keys x queries^T instead of one matrix-vector product per key, so the window queries
+/// are read from cache once per block of keys rather than once per key. `buffer` is scratch.
+inline void log_window_masses(const float* keys, std::size_t count, const Position* positions, const HeadScratch& s,
+                              std::size_t d, float* out, std::vector<float>& buffer) {
+  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
+  const std::size_t R = s.row_positions.size();
+  if (R == 0) {
+    std::fill(out, out + count, neg_inf);
+    return;
+  }
+  constexpr std::size_t block = 256;
+  buffer.resize(block * R);
+  ConstMatrixMap q(s.queries.data(), static_cast<Eigen::Index>(R), static_cast<Eigen::Index>(d));
+  for (std::size_t k0 = 0; k0 < count; k0 += block) {
+    const std::size_t m = std::min(block, count - k0);
+    MatrixMap logits(buffer.data(), static_cast<Eigen::Index>(m), static_cast<Eigen::Index>(R));
+    ConstMatrixMap k(keys + k0 * d, static_cast<Eigen::Index>(m), static_cast<Eigen::Index>(d));
+    logits.noalias() = k * q.transpose();
+    for (std::size_t i = 0; i < m; ++i) {
+      float* row = buffer.data() + i * R;
+      float best = neg_inf;
+      for (std::size_t r = 0; r < R; ++r) {
+        const bool sees = s.row_positions[r] >= positions[k0 + i] && s.row_max[r] != neg_inf;
+        row[r] = sees ? row[r] - s.row_max[r] : neg_inf;
+        best = std::max(best, row[r]);
+      }
+      out[k0 + i] = best == neg_inf ? best : best + std::log(exp_shifted_sum(row, best, R));
+    }
+  }
 }
 
 enum class Pooling { none, max, avg };

@@ -39,6 +39,19 @@ inline void axpy(float alpha, const float* x, float* y, std::size_t n) noexcept 
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
+/// y += alpha * x and z += beta * x in one pass over x (the same arithmetic as two axpy calls).
+inline void axpy2(float alpha, float beta, const float* x, float* y, float* z, std::size_t n) noexcept {
+  const fbatch a(alpha), b(beta);
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    const fbatch xv = fbatch::load_unaligned(x + i);
+    xsimd::fma(a, xv, fbatch::load_unaligned(y + i)).store_unaligned(y + i);
+    xsimd::fma(b, xv, fbatch::load_unaligned(z + i)).store_unaligned(z + i);
+  }
+  for (; i < n; ++i) y[i] += alpha * x[i];
+  for (std::size_t k = n - n % lanes; k < n; ++k) z[k] += beta * x[k];
+}
+
 /// y *= alpha
 inline void scale(float alpha, float* y, std::size_t n) noexcept {
   const fbatch a(alpha);
@@ -76,6 +89,34 @@ inline float exp_shifted_sum(float* x, float shift, std::size_t n) noexcept {
     sum += x[i];
   }
   return sum;
+}
+
+/// Dot products of NA rows a[0..NA) with NB rows b[0..NB), all of length n:
+/// out[ia * NB + ib] = sum_i a[ia][i] * b[ib][i]. NA * NB == 8: eight accumulators in registers,
+/// each row of a and b loaded once per step for all its partners (a register-blocked GEMM
+/// micro-kernel over gathered rows; no copies). Sums differ from dot() in the last bits only.
+template <int NA, int NB>
+inline void dot_block(const float* const* a, const float* const* b, std::size_t n, float* out) noexcept {
+  static_assert(NA * NB == 8, "dot_block computes eight dot products");
+  fbatch acc[8];
+  for (auto& x : acc) x = fbatch(0.0f);
+  std::size_t i = 0;
+  for (; i + lanes <= n; i += lanes) {
+    fbatch bv[NB];
+    for (int jb = 0; jb < NB; ++jb) bv[jb] = fbatch::load_unaligned(b[jb] + i);
+    for (int ia = 0; ia < NA; ++ia) {
+      const fbatch av = fbatch::load_unaligned(a[ia] + i);
+      for (int jb = 0; jb < NB; ++jb) acc[ia * NB + jb] = xsimd::fma(av, bv[jb], acc[ia * NB + jb]);
+    }
+  }
+  if constexpr (lanes == 8) {
+    xsimd::haddp(acc).store_unaligned(out);
+  } else {
+    for (int k = 0; k < 8; ++k) out[k] = xsimd::hadd(acc[k]);
+  }
+  for (; i < n; ++i)
+    for (int ia = 0; ia < NA; ++ia)
+      for (int jb = 0; jb < NB; ++jb) out[ia * NB + jb] += a[ia][i] * b[jb][i];
 }
 
 inline float squared_norm(const float* x, std::size_t n) noexcept { return dot(x, x, n); }

@@ -1,0 +1,170 @@
+// simcalkv: CaM (Zhang et al., "CaM: Cache Merging for Memory-efficient LLMs Inference", ICML
+// 2024), a merging baseline.
+//
+// The rule, per head and per call:
+//  1. Keep set: the protected entries plus the highest window-attention scorers, up to the budget
+//     (scores as SnapKV: mean window attention over the GQA group).
+//  2. Every removed entry e, in position order, is merged with probability
+//         p_e = min(1, a_e / mean_{c kept} a_c)
+//     (a = window score). A merged entry's value is spread over the next m kept entries after it
+//     in position order: each of them gets + v_e / m. Keys are dropped and no bias is added; the
+//     receivers keep their keys, biases and scores. Where fewer than m kept entries follow e, each
+//     of those gets v_e / m and the rest of v_e is lost, as in the authors' code, whose slice
+//     value_states[e+1 : e+1+m] += v_e / m runs off the end of the cache.
+//  3. The Bernoulli draw is a counter-based hash of (seed, layer, KV head, the entry's position),
+//     so results repeat exactly for a seed and do not depend on the thread count or on which other
+//     entries are in the cache.
+// Defaults: m = 32 (the authors' code, merge_budget = 32, in local_cam_mask); the probability
+// min(1, a_e / mean a_kept) is the paper's merge probability (the code's Bernoulli on the clamped
+// ratio of the evicted token's attention to the mean over the kept tokens).
+#pragma once
+
+#include "simcalkv/kernels/scoring.hpp"
+#include "simcalkv/kernels/select.hpp"
+#include "simcalkv/kernels/simd.hpp"
+#include "simcalkv/policies/simcalkv.hpp"
+#include "simcalkv/policy.hpp"
+#include "simcalkv/policy_options.hpp"
+
+#include <algorithm>
+#include <cstdint>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace simcalkv {
+
+struct CaMOptions {
+  std::size_t sink_tokens = 4;
+  int recent_tokens = -1;      // -1: as many as the window has queries
+  std::size_t merge_span = 32;  // m: kept entries after an evicted one that share its value
+  std::uint64_t seed = 0;
+};
+
+class CaM {
+ public:
+  CaM() = default;
+  explicit CaM(const CaMOptions& options) : options_(options) {
+    detail::require(options.merge_span > 0, ErrorCode::invalid_argument, "CaM: merge span must be positive");
+  }
+
+  [[nodiscard]] std::string_view name() const noexcept { return "CaM"; }
+  [[nodiscard]] const CaMOptions& options() const noexcept { return options_; }
+
+  template <StorageElement T>
+  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
+    const auto budgets = uniform_head_budgets(request);
+    return compress_with_budgets(request, workspace, budgets);
+  }
+
+  /// For budget allocators (AdaKV) that give heads different budgets.
+  template <StorageElement T>
+  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                                         std::span<const std::size_t> budgets) const {
+    const Protection protection =
+        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
+    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
+                    "CaM: needs an observation window (no window queries given)");
+    const int group = request.group_size();
+    return run_compression(request, workspace, name(), budgets, protection,
+                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
+                             plan_head(head, request.layer, static_cast<int>(h), group, budget, protection,
+                                       request.window, s);
+                           });
+  }
+
+  /// The uniform number in [0, 1) that decides whether the entry at `position` merges.
+  [[nodiscard]] static double draw(std::uint64_t seed, int layer, int kv_head, Position position) noexcept {
+    std::uint64_t h = mix(seed ^ 0x243F6A8885A308D3ull);
+    h = mix(h ^ static_cast<std::uint64_t>(static_cast<std::uint32_t>(layer)));
+    h = mix(h ^ (static_cast<std::uint64_t>(static_cast<std::uint32_t>(kv_head)) << 32));
+    h = mix(h ^ static_cast<std::uint64_t>(static_cast<std::uint32_t>(position)));
+    return static_cast<double>(h >> 11) * 0x1.0p-53;
+  }
+
+  /// Plans one head into s.plan.
+  template <StorageElement T>
+  void plan_head(const HeadView<T>& head, int layer, int kv_head, int group, std::size_t budget,
+                 const Protection& protection, const WindowView& window, HeadScratch& s) const {
+    const auto d = static_cast<std::size_t>(head.head_dim);
+    const std::size_t n = head.length;
+    kernels::load_keys(head, s);
+    kernels::score_window(head, window, kv_head, group, s);
+    kernels::select_top(s.score.data(), n, budget, protection, s.indices, s.indices2);
+    kernels::complement(s.indices, n, s.indices2);
+    const auto& keep = s.indices;
+    const auto& removed = s.indices2;
+    HeadPlan& plan = s.plan;
+    plan.set_keep(keep, n);
+
+    double kept_total = 0.0;
+    for (const auto j : keep) kept_total += s.score[j];
+    const double kept_mean = keep.empty() ? 0.0 : kept_total / static_cast<double>(keep.size());
+
+    // Which removed entries merge, and the first kept slot after each.
+    std::vector<std::int32_t>& merges = s.assignment;  // per removed entry: first receiving slot or -1
+    merges.assign(removed.size(), -1);
+    std::size_t slot = 0;
+    for (std::size_t c = 0; c < removed.size(); ++c) {
+      const std::uint32_t e = removed[c];
+      while (slot < keep.size() && keep[slot] < e) ++slot;
+      const double a = s.score[e];
+      const double p = kept_mean > 0.0 ? std::min(1.0, a / kept_mean) : (a > 0.0 ? 1.0 : 0.0);
+      if (slot < keep.size() && draw(options_.seed, layer, kv_head, head.positions[e]) < p)
+        merges[c] = static_cast<std::int32_t>(slot);
+    }
+
+    // Rows for the receivers, in slot order: the value becomes its own plus the shares it gets.
+    std::vector<char> receives(keep.size(), 0);
+    for (std::size_t c = 0; c < removed.size(); ++c) {
+      if (merges[c] < 0) continue;
+      const auto first = static_cast<std::size_t>(merges[c]);
+      const std::size_t last = std::min(keep.size(), first + options_.merge_span);
+      for (std::size_t k = first; k < last; ++k) receives[k] = 1;
+    }
+    for (std::size_t k = 0; k < keep.size(); ++k) {
+      if (!receives[k]) continue;
+      const std::size_t r = plan.add_row(k, HeadPlan::value, head.head_dim);
+      head.load_value(keep[k], plan.row_values.data() + r * d);
+    }
+    s.floats.resize(d);
+    const float share = 1.0f / static_cast<float>(options_.merge_span);
+    for (std::size_t c = 0; c < removed.size(); ++c) {
+      if (merges[c] < 0) {
+        ++plan.evicted;
+        continue;
+      }
+      ++plan.merged;
+      head.load_value(removed[c], s.floats.data());
+      const auto first = static_cast<std::size_t>(merges[c]);
+      const std::size_t last = std::min(keep.size(), first + options_.merge_span);
+      for (std::size_t k = first; k < last; ++k) {
+        const auto r = static_cast<std::size_t>(plan.row_of_slot[k]);
+        kernels::axpy(share, s.floats.data(), plan.row_values.data() + r * d, d);
+      }
+    }
+  }
+
+  /// CaMOptions from a registry option string: sinks, recent, span, seed.
+  static CaMOptions read_options(PolicyOptions& o) {
+    CaMOptions c;
+    c.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(c.sink_tokens)));
+    c.recent_tokens = static_cast<int>(o.get_int("recent", c.recent_tokens, -1, 1LL << 30));
+    c.merge_span = static_cast<std::size_t>(o.get_int("span", static_cast<long long>(c.merge_span), 1));
+    c.seed = static_cast<std::uint64_t>(o.get_int("seed", static_cast<long long>(c.seed), 0, (1LL << 62)));
+    return c;
+  }
+
+ private:
+  /// splitmix64's finaliser: a bijective mix of 64 bits.
+  static constexpr std::uint64_t mix(std::uint64_t x) noexcept {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+  }
+
+  CaMOptions options_;
+};
+
+}  // namespace simcalkv

@@ -1,0 +1,191 @@
+// simcalkv: D2O (Wan et al., "D2O: Dynamic Discriminative Operations for Efficient Long-Context
+// Inference of Large Language Models", arXiv 2406.13035 / ICLR 2025), the per-head merging rule.
+//
+// D2O has two levels. The layer level (budgets from each layer's attention density) is a budget
+// schedule and lives with the allocators; this policy is the token level with whatever per-head
+// budget it is given (uniform by default, or compress_with_budgets). Per head and per call:
+//  1. Keep set: the protected entries plus the highest window-attention scorers, up to the budget.
+//  2. Each removed entry e finds its nearest kept key c (cosine similarity u_e; exact search).
+//  3. EMA threshold (paper Eq. 10): a compression without history is D2O's first eviction, where
+//         tau = mean over removed e of u_e;
+//     a host that carries tau from the previous step passes it as `previous_threshold`, and then
+//         tau = beta * max_e u_e + (1 - beta) * tau_prev.
+//     e merges into c when u_e >= tau, otherwise it is evicted. (The policy is stateless, so the
+//     running tau is the caller's to keep.)
+//  4. Similarity-weighted merge (Eq. 11): for kept c and the set E_c merging into it,
+//         D = e + sum_{i in E_c} exp(u_i),  k' = (e k_c + sum_i exp(u_i) k_i) / D,  v' likewise,
+//     i.e. a softmax over the similarities with the kept key's own similarity 1 giving it exp(1) = e.
+//     No bias: the kept entry's logit bias is left as it was; its accumulated score, when the
+//     head has a score buffer, becomes the sum over the set.
+// Defaults: beta = 0.7 and the self weight e follow Eq. 10-11 as reimplementations of the paper
+// read them (we could not read the paper text itself; one port reads the constant as a tunable
+// 0.1 instead of Euler's number: option self_weight).
+#pragma once
+
+#include "simcalkv/kernels/scoring.hpp"
+#include "simcalkv/kernels/select.hpp"
+#include "simcalkv/kernels/similarity.hpp"
+#include "simcalkv/kernels/simd.hpp"
+#include "simcalkv/policies/simcalkv.hpp"
+#include "simcalkv/policy.hpp"
+#include "simcalkv/policy_options.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numbers>
+#include <span>
+#include <string_view>
+#include <vector>
+
+namespace simcalkv {
+
+struct D2OOptions {
+  std::size_t sink_tokens = 4;
+  int recent_tokens = -1;  // -1: as many as the window has queries
+  /// EMA factor of the merge threshold (Eq. 10).
+  float beta = 0.7f;
+  /// The threshold of the previous step; NaN: none (first eviction, tau = mean best similarity).
+  float previous_threshold = std::numeric_limits<float>::quiet_NaN();
+  /// The kept entry's weight in Eq. 11 before normalisation: exp(1), its similarity with itself.
+  float self_weight = std::numbers::e_v<float>;
+  SimilaritySearch search = SimilaritySearch::exact;
+  std::size_t search_radius = 64;  // for SimilaritySearch::local
+};
+
+class D2O {
+ public:
+  D2O() = default;
+  explicit D2O(const D2OOptions& options) : options_(options) {
+    detail::require(std::isfinite(options.beta) && options.beta >= 0.0f && options.beta <= 1.0f,
+                    ErrorCode::invalid_argument, "D2O: beta must be in [0, 1], got ", options.beta);
+    detail::require(std::isnan(options.previous_threshold) || std::isfinite(options.previous_threshold),
+                    ErrorCode::invalid_argument, "D2O: previous threshold must be finite (or NaN for none)");
+    detail::require(std::isfinite(options.self_weight) && options.self_weight > 0.0f, ErrorCode::invalid_argument,
+                    "D2O: self weight must be positive, got ", options.self_weight);
+    detail::require(options.search_radius > 0, ErrorCode::invalid_argument, "D2O: search radius must be positive");
+  }
+
+  [[nodiscard]] std::string_view name() const noexcept { return "D2O"; }
+  [[nodiscard]] const D2OOptions& options() const noexcept { return options_; }
+
+  template <StorageElement T>
+  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
+    const auto budgets = uniform_head_budgets(request);
+    return compress_with_budgets(request, workspace, budgets);
+  }
+
+  /// For budget allocators (AdaKV, D2O's layer-density schedule) that give heads their budgets.
+  template <StorageElement T>
+  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                                         std::span<const std::size_t> budgets) const {
+    const Protection protection =
+        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
+    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
+                    "D2O: needs an observation window (no window queries given)");
+    const int group = request.group_size();
+    return run_compression(request, workspace, name(), budgets, protection,
+                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
+                             plan_head(head, static_cast<int>(h), group, budget, protection, request.window, s);
+                           });
+  }
+
+  /// The merge threshold for removed entries whose best similarities are `best` (-inf: none).
+  [[nodiscard]] float threshold(std::span<const float> best) const noexcept {
+    double sum = 0.0;
+    std::size_t count = 0;
+    float top = -std::numeric_limits<float>::infinity();
+    for (const float u : best) {
+      if (u == -std::numeric_limits<float>::infinity()) continue;
+      sum += u;
+      ++count;
+      top = std::max(top, u);
+    }
+    if (count == 0) return std::numeric_limits<float>::infinity();
+    if (std::isnan(options_.previous_threshold)) return static_cast<float>(sum / static_cast<double>(count));
+    return options_.beta * top + (1.0f - options_.beta) * options_.previous_threshold;
+  }
+
+  /// Plans one head into s.plan.
+  template <StorageElement T>
+  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
+                 const WindowView& window, HeadScratch& s) const {
+    const auto d = static_cast<std::size_t>(head.head_dim);
+    const std::size_t n = head.length;
+    kernels::load_keys(head, s);
+    kernels::score_window(head, window, kv_head, group, s);
+    kernels::select_top(s.score.data(), n, budget, protection, s.indices, s.indices2);
+    kernels::complement(s.indices, n, s.indices2);
+    const auto& keep = s.indices;
+    const auto& removed = s.indices2;
+    const kernels::SimilarityInputs inputs{s.keys.data(), s.inv_norms.data(), d, keep, removed};
+    if (options_.search == SimilaritySearch::local)
+      kernels::assign_local(inputs, options_.search_radius, s.assignment, s.similarity);
+    else
+      kernels::assign_exact(inputs, s.floats, s.assignment, s.similarity);
+    const float tau = threshold(s.similarity);
+    for (std::size_t c = 0; c < removed.size(); ++c)
+      if (!(s.similarity[c] >= tau)) s.assignment[c] = -1;
+
+    HeadPlan& plan = s.plan;
+    plan.set_keep(keep, n);
+    for (std::size_t c = 0; c < removed.size(); ++c)
+      if (s.assignment[c] >= 0) plan.row_of_slot[static_cast<std::size_t>(s.assignment[c])] = -2;  // receives
+    std::vector<float> value(d);
+    std::vector<double> total;
+    for (std::size_t k = 0; k < keep.size(); ++k) {
+      if (plan.row_of_slot[k] != -2) continue;
+      plan.row_of_slot[k] = -1;
+      const std::size_t r = plan.add_row(k, HeadPlan::key | HeadPlan::value | HeadPlan::score, head.head_dim);
+      const std::uint32_t j = keep[k];
+      head.load_value(j, value.data());
+      kernels::axpy(options_.self_weight, s.keys.data() + static_cast<std::size_t>(j) * d,
+                    plan.row_keys.data() + r * d, d);
+      kernels::axpy(options_.self_weight, value.data(), plan.row_values.data() + r * d, d);
+      plan.row_bias[r] = head.bias[j];
+      plan.row_score[r] = head.scores ? head.scores[j] : 0.0f;
+      total.push_back(options_.self_weight);
+    }
+    for (std::size_t c = 0; c < removed.size(); ++c) {
+      if (s.assignment[c] < 0) {
+        ++plan.evicted;
+        continue;
+      }
+      ++plan.merged;
+      const std::uint32_t e = removed[c];
+      const auto r = static_cast<std::size_t>(plan.row_of_slot[static_cast<std::size_t>(s.assignment[c])]);
+      const double w = std::exp(static_cast<double>(s.similarity[c]));
+      total[r] += w;
+      head.load_value(e, value.data());
+      kernels::axpy(static_cast<float>(w), s.keys.data() + static_cast<std::size_t>(e) * d,
+                    plan.row_keys.data() + r * d, d);
+      kernels::axpy(static_cast<float>(w), value.data(), plan.row_values.data() + r * d, d);
+      if (head.scores) plan.row_score[r] += head.scores[e];
+    }
+    for (std::size_t r = 0; r < total.size(); ++r) {
+      const auto inv = static_cast<float>(1.0 / total[r]);
+      kernels::scale(inv, plan.row_keys.data() + r * d, d);
+      kernels::scale(inv, plan.row_values.data() + r * d, d);
+    }
+  }
+
+  /// D2OOptions from a registry option string: sinks, recent, beta, tau (previous threshold),
+  /// self_weight, search, radius.
+  static D2OOptions read_options(PolicyOptions& o) {
+    D2OOptions k;
+    k.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(k.sink_tokens)));
+    k.recent_tokens = static_cast<int>(o.get_int("recent", k.recent_tokens, -1, 1LL << 30));
+    k.beta = static_cast<float>(o.get_double("beta", k.beta, 0.0, 1.0));
+    if (o.has("tau")) k.previous_threshold = static_cast<float>(o.get_double("tau", 0.0, -1.0, 1.0));
+    k.self_weight = static_cast<float>(o.get_double("self_weight", k.self_weight, 1e-6, 1e6));
+    k.search = o.get_choice("search", "exact", {"exact", "local"}) == "local" ? SimilaritySearch::local
+                                                                              : SimilaritySearch::exact;
+    k.search_radius = static_cast<std::size_t>(o.get_int("radius", static_cast<long long>(k.search_radius), 1));
+    return k;
+  }
+
+ private:
+  D2OOptions options_;
+};
+
+}  // namespace simcalkv
