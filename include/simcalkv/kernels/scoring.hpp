@@ -126,38 +126,6 @@ inline float log_window_mass(const float* key, Position position, const HeadScra
   return best + std::log(exp_shifted_sum(buffer, best, R));
 }
 
-/// log_window_mass for `count` keys at once: out[k] for keys + k * d at positions[k]. One matrix
-/// product keys x queries^T instead of one matrix-vector product per key, so the window queries
-/// are read from cache once per block of keys rather than once per key. `buffer` is scratch.
-inline void log_window_masses(const float* keys, std::size_t count, const Position* positions, const HeadScratch& s,
-                              std::size_t d, float* out, std::vector<float>& buffer) {
-  constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-  const std::size_t R = s.row_positions.size();
-  if (R == 0) {
-    std::fill(out, out + count, neg_inf);
-    return;
-  }
-  constexpr std::size_t block = 256;
-  buffer.resize(block * R);
-  ConstMatrixMap q(s.queries.data(), static_cast<Eigen::Index>(R), static_cast<Eigen::Index>(d));
-  for (std::size_t k0 = 0; k0 < count; k0 += block) {
-    const std::size_t m = std::min(block, count - k0);
-    MatrixMap logits(buffer.data(), static_cast<Eigen::Index>(m), static_cast<Eigen::Index>(R));
-    ConstMatrixMap k(keys + k0 * d, static_cast<Eigen::Index>(m), static_cast<Eigen::Index>(d));
-    logits.noalias() = k * q.transpose();
-    for (std::size_t i = 0; i < m; ++i) {
-      float* row = buffer.data() + i * R;
-      float best = neg_inf;
-      for (std::size_t r = 0; r < R; ++r) {
-        const bool sees = s.row_positions[r] >= positions[k0 + i] && s.row_max[r] != neg_inf;
-        row[r] = sees ? row[r] - s.row_max[r] : neg_inf;
-        best = std::max(best, row[r]);
-      }
-      out[k0 + i] = best == neg_inf ? best : best + std::log(exp_shifted_sum(row, best, R));
-    }
-  }
-}
-
 enum class Pooling { none, max, avg };
 
 /// 1-D pooling of scores over neighbouring entries (SnapKV's clustering of attention).
