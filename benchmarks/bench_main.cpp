@@ -35,6 +35,8 @@
 //                        gemm: 2 m n k.
 //   flops_per_second     flops / seconds
 //
+// Decode, copy, read and GEMM run 3 repetitions each (scripts/bench_ratios.py takes the best, the
+// run least disturbed by other processes).
 // Default run: short (SimCalKV local at every n and keep 50/25/10, SimCalKV exact at 4k, every
 // other registered policy at keep 50). --grid=full registers every policy at every n and keep.
 // Quick runs: --benchmark_filter='BM_Compress/SimCalKV/32768|BM_Decode|BM_Stream|BM_Gemm'.
@@ -409,24 +411,28 @@ void register_all(bool full_grid) {
       const std::string name = "BM_DecodeAttention/" + std::to_string(n) + "/" + std::to_string(keep);
       benchmark::RegisterBenchmark(name.c_str(), [n, keep](benchmark::State& st) { bm_decode(st, n, keep); })
           ->UseManualTime()
-          ->Unit(benchmark::kMicrosecond);
+          ->Unit(benchmark::kMicrosecond)
+          ->Repetitions(3);
     }
   benchmark::RegisterBenchmark("BM_StreamCopy", bm_stream_copy)
       ->Arg(1 << 20)
       ->Arg(16 << 20)
       ->Arg(256 << 20)
       ->UseManualTime()
-      ->Unit(benchmark::kMicrosecond);
+      ->Unit(benchmark::kMicrosecond)
+      ->Repetitions(3);
   benchmark::RegisterBenchmark("BM_StreamRead", bm_stream_read)
       ->Arg(256 << 20)
       ->UseManualTime()
-      ->Unit(benchmark::kMicrosecond);
+      ->Unit(benchmark::kMicrosecond)
+      ->Repetitions(3);
   benchmark::RegisterBenchmark("BM_Gemm", bm_gemm)
       ->Args({128, 4096, 128})
       ->Args({512, 512, 512})
       ->Args({1024, 1024, 1024})
       ->UseManualTime()
-      ->Unit(benchmark::kMillisecond);
+      ->Unit(benchmark::kMillisecond)
+      ->Repetitions(3);
 }
 
 }  // namespace
