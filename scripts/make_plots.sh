@@ -26,7 +26,7 @@ echo "== fidelity on the synthetic trace"
 
 echo "== benchmark (short)"
 # Compression of every policy at keep 50% and SimCalKV at every keep, decode attention, copy, GEMM.
-filter=${BENCH_FILTER:-'BM_Compress/[^/]+/[0-9]+/50/|BM_Compress/SimCalKV/|BM_DecodeAttention|BM_StreamCopy|BM_Gemm'}
+filter=${BENCH_FILTER:-'BM_Compress/[^/]+/(4096|16384)/50/|BM_Compress/SimCalKV/|BM_Compress/(SnapKV|H2O|StreamingLLM)/32768/50/|BM_DecodeAttention|BM_Stream|BM_Gemm'}
 "$build/benchmarks/simcalkv-bench" --benchmark_filter="$filter" \
   --benchmark_out="$out/bench.json" --benchmark_out_format=json
 

@@ -15,6 +15,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
+
+STRONG = {"SimCalKV": "black", "AdaKV+SimCalKV": "tab:blue", "SimCalKV_exact": "tab:red"}
 
 
 def fidelity_plot(path, out):
@@ -23,32 +26,36 @@ def fidelity_plot(path, out):
     by_policy = {}
     for r in data["results"]:
         by_policy.setdefault(r["policy"], []).append(r)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
+    colors = plt.get_cmap("tab20").colors
     markers = "osD^v<>pPhX*"
     for i, (policy, rows) in enumerate(by_policy.items()):
-        rows = sorted(rows, key=lambda r: r["keep"])
-        keep = [r["keep"] for r in rows]
-        style = dict(marker=markers[i % len(markers)], linewidth=2.2 if "SimCalKV" in policy else 1.2,
-                     linestyle="-" if "SimCalKV" in policy else "--")
-        if policy == "Full":
-            # exactly 0 at every fraction: draw at the bottom of the log axis
+        # Keep 1.0 and Full give exactly 0 (nothing removed): left out of the curves.
+        rows = sorted((r for r in rows if r["keep"] < 1.0), key=lambda r: r["keep"])
+        if policy == "Full" or not rows:
             continue
-        axes[0].plot(keep, [max(r["rel_error_mean"], 1e-6) for r in rows], label=policy, **style)
-        axes[1].plot(keep, [max(r["rel_error_p95"], 1e-6) for r in rows], label=policy, **style)
+        simcal = "SimCalKV" in policy
+        style = dict(marker=markers[i % len(markers)], color=STRONG.get(policy, colors[i % len(colors)]),
+                     linewidth=2.6 if simcal else 1.2, linestyle="-" if simcal else "--", markersize=6 if simcal else 4)
+        keep = [r["keep"] for r in rows]
+        axes[0].plot(keep, [r["rel_error_mean"] for r in rows], label=policy, **style)
+        axes[1].plot(keep, [r["rel_error_p95"] for r in rows], label=policy, **style)
+    ticks = sorted({r["keep"] for r in data["results"] if r["keep"] < 1.0})
     for ax, what in zip(axes, ["mean", "95th percentile"]):
         ax.set_xscale("log")
-        ax.set_yscale("log")
         ax.set_xlabel("kept fraction of the prompt")
         ax.set_ylabel(f"relative L2 error of attention output ({what})")
         ax.grid(True, which="both", alpha=0.3)
-        ticks = sorted({r["keep"] for r in data["results"]})
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{t:g}" for t in ticks])
-    axes[1].legend(fontsize=8, loc="lower left")
-    fig.suptitle(f"Attention error after compression ({data['trace']}, n={data['n']}, future={data['future']}, "
-                 f"window={data['window']}; Full = 0)", fontsize=10)
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylim(bottom=0)
+    axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"Attention error of the next {data['future']} tokens after compressing the prompt "
+                 f"({data['trace']}, n={data['n']}, window={data['window']}); "
+                 f"Full and keep 1.0 give exactly 0", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
@@ -67,24 +74,27 @@ def bench_runs(path):
 
 def throughput_plot(path, out):
     runs = bench_runs(path)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, axes = plt.subplots(1, 2, figsize=(15, 5.6), gridspec_kw={"wspace": 0.55})
 
     # compression throughput at keep 50%
     compress = {}
     for key, b in runs.items():
         if key[0] == "BM_Compress" and len(key) == 4 and key[3] == "50":
             compress.setdefault(key[1], []).append((int(key[2]), b["entries_per_second"]))
-    for policy, pts in sorted(compress.items()):
+    colors = plt.get_cmap("tab20").colors
+    for i, (policy, pts) in enumerate(sorted(compress.items())):
         pts.sort()
+        simcal = policy.startswith("SimCalKV")
         axes[0].plot([p[0] for p in pts], [p[1] / 1e6 for p in pts], marker="o", label=policy,
-                     linewidth=2.2 if policy.startswith("SimCalKV") else 1.2)
+                     color=STRONG.get(policy, colors[i % len(colors)]), linewidth=2.6 if simcal else 1.2,
+                     linestyle="-" if simcal else "--")
     axes[0].set_xscale("log", base=2)
     axes[0].set_yscale("log")
     axes[0].set_xlabel("context length n (entries per head)")
     axes[0].set_ylabel("compression throughput (million KV entries / s, one core)")
     axes[0].set_title("Compress one layer to 50% (8 KV heads, 32 query heads, d=128, bf16)", fontsize=9)
     axes[0].grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
 
     # decode attention bandwidth per kept fraction, with the copy bandwidth for reference
     decode = {}
@@ -111,8 +121,7 @@ def throughput_plot(path, out):
     axes[1].grid(True, which="both", alpha=0.3)
     axes[1].set_ylim(bottom=0)
     axes[1].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -41,9 +41,6 @@ def sotu():
     docs = []
     for p in sorted(glob.glob(os.path.join(STDLIB, "datasets-sotu/data/*.txt"))):
         name = os.path.basename(p)[:-4]
-        year = int(name[:4])
-        if year % 2 == 1 and year < 2000:  # keep the repository small: odd years before 2000 are left out
-            continue
         docs.append({"source": "sotu", "title": "State of the Union " + name, "text": clean(open(p, encoding="utf-8").read())})
     return docs
 
