@@ -170,6 +170,11 @@ struct Protection {
   }
 };
 
+/// Protected entries for a request: sinks, and `recent` (or the window length when negative).
+inline Protection make_protection(std::size_t sinks, int recent, int window_tokens) {
+  return Protection{sinks, static_cast<std::size_t>(recent >= 0 ? recent : window_tokens)};
+}
+
 namespace detail {
 
 template <StorageElement T>
@@ -297,6 +302,42 @@ CompressionStats run_compression(const LayerRequest<T>& request, Workspace& work
   // Committed on the calling thread: moving entries is cheap, and no executor can fail half-way.
   for (std::size_t h = 0; h < request.heads.size(); ++h) detail::commit_plan(request.heads[h], scratch[h]->plan);
   return stats;
+}
+
+/// Gives a policy `compress` (every head the same budget) from its `compress_with_budgets`, the
+/// entry point per-head allocators such as AdaKV call.
+template <class Derived>
+class UniformBudgets {
+ public:
+  template <StorageElement T>
+  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
+    return static_cast<const Derived&>(*this).compress_with_budgets(request, workspace, uniform_head_budgets(request));
+  }
+};
+
+/// `compress_with_budgets` of a policy that plans each head on its own from the observation window
+/// with sink + recent protection: policy.plan_head(head, kv_head, group, budget, protection, window,
+/// scratch), or with the layer index first when the policy's plan depends on it.
+template <class Policy, StorageElement T>
+CompressionStats compress_heads_with_window(const Policy& policy, const LayerRequest<T>& request,
+                                            Workspace& workspace, std::span<const std::size_t> budgets,
+                                            std::size_t sink_tokens, int recent_tokens) {
+  detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument, policy.name(),
+                  ": needs an observation window (no window queries given)");
+  const Protection protection = make_protection(sink_tokens, recent_tokens, request.window.num_tokens);
+  const int group = request.group_size();
+  return run_compression(request, workspace, policy.name(), budgets, protection,
+                         [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
+                           const int kv_head = static_cast<int>(h);
+                           if constexpr (requires {
+                                           policy.plan_head(head, request.layer, kv_head, group, budget, protection,
+                                                            request.window, s);
+                                         })
+                             policy.plan_head(head, request.layer, kv_head, group, budget, protection,
+                                              request.window, s);
+                           else
+                             policy.plan_head(head, kv_head, group, budget, protection, request.window, s);
+                         });
 }
 
 }  // namespace simcalkv

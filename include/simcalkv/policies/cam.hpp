@@ -41,7 +41,7 @@ struct CaMOptions {
   std::uint64_t seed = 0;
 };
 
-class CaM {
+class CaM : public UniformBudgets<CaM> {
  public:
   CaM() = default;
   explicit CaM(const CaMOptions& options) : options_(options) {
@@ -51,26 +51,11 @@ class CaM {
   [[nodiscard]] std::string_view name() const noexcept { return "CaM"; }
   [[nodiscard]] const CaMOptions& options() const noexcept { return options_; }
 
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
-  }
-
   /// For budget allocators (AdaKV) that give heads different budgets.
   template <StorageElement T>
   CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
                                          std::span<const std::size_t> budgets) const {
-    const Protection protection =
-        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
-    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
-                    "CaM: needs an observation window (no window queries given)");
-    const int group = request.group_size();
-    return run_compression(request, workspace, name(), budgets, protection,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, request.layer, static_cast<int>(h), group, budget, protection,
-                                       request.window, s);
-                           });
+    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
   }
 
   /// The uniform number in [0, 1) that decides whether the entry at `position` merges.

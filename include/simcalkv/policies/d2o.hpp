@@ -53,7 +53,7 @@ struct D2OOptions {
   std::size_t search_radius = 64;  // for SimilaritySearch::local
 };
 
-class D2O {
+class D2O : public UniformBudgets<D2O> {
  public:
   D2O() = default;
   explicit D2O(const D2OOptions& options) : options_(options) {
@@ -69,25 +69,11 @@ class D2O {
   [[nodiscard]] std::string_view name() const noexcept { return "D2O"; }
   [[nodiscard]] const D2OOptions& options() const noexcept { return options_; }
 
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
-  }
-
   /// For budget allocators (AdaKV, D2O's layer-density schedule) that give heads their budgets.
   template <StorageElement T>
   CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
                                          std::span<const std::size_t> budgets) const {
-    const Protection protection =
-        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
-    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
-                    "D2O: needs an observation window (no window queries given)");
-    const int group = request.group_size();
-    return run_compression(request, workspace, name(), budgets, protection,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, static_cast<int>(h), group, budget, protection, request.window, s);
-                           });
+    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
   }
 
   /// The merge threshold for removed entries whose best similarities are `best` (-inf: none).

@@ -42,7 +42,7 @@ struct H2OOptions {
   bool seed_scores = true;  // write window-derived scores into head.scores when falling back
 };
 
-class H2O {
+class H2O : public UniformBudgets<H2O> {
  public:
   H2O() = default;
   explicit H2O(const H2OOptions& options) : options_(options) {
@@ -62,12 +62,6 @@ class H2O {
     const std::size_t r = options_.recent_tokens >= 0 ? static_cast<std::size_t>(options_.recent_tokens) : budget / 2;
     const std::size_t sinks = std::min({options_.sink_tokens, budget, length});
     return std::min(r, budget - sinks);
-  }
-
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
   }
 
   template <StorageElement T>

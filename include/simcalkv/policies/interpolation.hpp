@@ -132,7 +132,7 @@ struct InterpolationKVOptions {
 
 /// LerpKV, SlerpKV and NlerpKV: one class, the interpolation a template argument.
 template <Interpolation Mode>
-class InterpolationKV {
+class InterpolationKV : public UniformBudgets<InterpolationKV<Mode>> {
  public:
   InterpolationKV() = default;
   explicit InterpolationKV(const InterpolationKVOptions& options) : options_(options) {
@@ -149,25 +149,11 @@ class InterpolationKV {
   }
   [[nodiscard]] const InterpolationKVOptions& options() const noexcept { return options_; }
 
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
-  }
-
   /// For budget allocators (AdaKV) that give heads different budgets.
   template <StorageElement T>
   CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
                                          std::span<const std::size_t> budgets) const {
-    const Protection protection =
-        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
-    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument, name(),
-                    ": needs an observation window (no window queries given)");
-    const int group = request.group_size();
-    return run_compression(request, workspace, name(), budgets, protection,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, static_cast<int>(h), group, budget, protection, request.window, s);
-                           });
+    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
   }
 
   /// Plans one head into s.plan.

@@ -79,7 +79,7 @@ inline void keepkv_ema_scores(const HeadScratch& s, std::size_t n, int group, in
 
 }  // namespace detail
 
-class KeepKV {
+class KeepKV : public UniformBudgets<KeepKV> {
  public:
   KeepKV() = default;
   explicit KeepKV(const KeepKVOptions& options) : options_(options) {
@@ -93,25 +93,11 @@ class KeepKV {
   [[nodiscard]] std::string_view name() const noexcept { return "KeepKV"; }
   [[nodiscard]] const KeepKVOptions& options() const noexcept { return options_; }
 
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
-  }
-
   /// For budget allocators (AdaKV) that give heads different budgets.
   template <StorageElement T>
   CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
                                          std::span<const std::size_t> budgets) const {
-    const Protection protection =
-        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
-    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
-                    "KeepKV: needs an observation window (at least the current query)");
-    const int group = request.group_size();
-    return run_compression(request, workspace, name(), budgets, protection,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, static_cast<int>(h), group, budget, protection, request.window, s);
-                           });
+    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
   }
 
   /// Plans one head into s.plan.

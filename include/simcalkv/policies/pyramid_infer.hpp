@@ -39,7 +39,7 @@ struct PyramidInferOptions {
   double distance_weight = 1.2;  // weight of the newest window query relative to the oldest
 };
 
-class PyramidInfer {
+class PyramidInfer : public UniformBudgets<PyramidInfer> {
  public:
   PyramidInfer() = default;
   explicit PyramidInfer(const PyramidInferOptions& options) : options_(options) {
@@ -55,12 +55,6 @@ class PyramidInfer {
   [[nodiscard]] const PyramidInferOptions& options() const noexcept { return options_; }
   [[nodiscard]] Protection protection(const WindowView& window) const noexcept {
     return make_protection(options_.sink_tokens, options_.recent_tokens, window.num_tokens);
-  }
-
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto base = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, base);
   }
 
   /// `base` are the heads' budgets before the geometric layer schedule.

@@ -35,12 +35,7 @@ struct SimCalKVOptions {
   bool merge_keys = true;
 };
 
-/// Protected entries for a request: sinks, and `recent` (or the window length when negative).
-inline Protection make_protection(std::size_t sinks, int recent, int window_tokens) {
-  return Protection{sinks, static_cast<std::size_t>(recent >= 0 ? recent : window_tokens)};
-}
-
-class SimCalKV {
+class SimCalKV : public UniformBudgets<SimCalKV> {
  public:
   SimCalKV() = default;
   explicit SimCalKV(const SimCalKVOptions& options) : options_(options) {
@@ -53,25 +48,11 @@ class SimCalKV {
   [[nodiscard]] std::string_view name() const noexcept { return "SimCalKV"; }
   [[nodiscard]] const SimCalKVOptions& options() const noexcept { return options_; }
 
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
-  }
-
   /// For budget allocators (AdaKV) that give heads different budgets.
   template <StorageElement T>
   CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
                                          std::span<const std::size_t> budgets) const {
-    const Protection protection =
-        make_protection(options_.sink_tokens, options_.recent_tokens, request.window.num_tokens);
-    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
-                    "SimCalKV: needs an observation window (no window queries given)");
-    const int group = request.group_size();
-    return run_compression(request, workspace, name(), budgets, protection,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, static_cast<int>(h), group, budget, protection, request.window, s);
-                           });
+    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
   }
 
   /// Plans one head into s.plan; public so per-head allocators and tools can reuse it.

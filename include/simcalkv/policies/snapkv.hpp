@@ -53,7 +53,7 @@ inline kernels::Pooling read_pooling(PolicyOptions& o, kernels::Pooling fallback
 
 }  // namespace detail
 
-class SnapKV {
+class SnapKV : public UniformBudgets<SnapKV> {
  public:
   SnapKV() = default;
   explicit SnapKV(const SnapKVOptions& options) : options_(options) {
@@ -65,12 +65,6 @@ class SnapKV {
   [[nodiscard]] const SnapKVOptions& options() const noexcept { return options_; }
   [[nodiscard]] Protection protection(const WindowView& window) const noexcept {
     return make_protection(options_.sink_tokens, options_.recent_tokens, window.num_tokens);
-  }
-
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
   }
 
   template <StorageElement T>

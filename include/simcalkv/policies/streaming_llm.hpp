@@ -21,7 +21,7 @@ struct StreamingLLMOptions {
   std::size_t sink_tokens = 4;  // S; the rest of the budget goes to the most recent entries
 };
 
-class StreamingLLM {
+class StreamingLLM : public UniformBudgets<StreamingLLM> {
  public:
   StreamingLLM() = default;
   explicit StreamingLLM(const StreamingLLMOptions& options) : options_(options) {}
@@ -31,12 +31,6 @@ class StreamingLLM {
   /// Entries no budget may remove: the sinks (the recent part is whatever the budget leaves).
   [[nodiscard]] Protection protection(const WindowView& /*window*/) const noexcept {
     return Protection{options_.sink_tokens, 0};
-  }
-
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
   }
 
   template <StorageElement T>

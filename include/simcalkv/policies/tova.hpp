@@ -29,7 +29,7 @@ struct TOVAOptions {
   int recent_tokens = -1;  // -1: the window's length
 };
 
-class TOVA {
+class TOVA : public UniformBudgets<TOVA> {
  public:
   TOVA() = default;
   explicit TOVA(const TOVAOptions& options) : options_(options) {
@@ -51,12 +51,6 @@ class TOVA {
       last.num_tokens = 1;
     }
     return last;
-  }
-
-  template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    return compress_with_budgets(request, workspace, budgets);
   }
 
   template <StorageElement T>
