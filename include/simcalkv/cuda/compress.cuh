@@ -1,0 +1,451 @@
+// simcalkv CUDA: compressing one layer of a batch on the GPU (the CPU policies' compress()).
+//
+//   CompressShape shape{...};                                 // sizes and upper bounds
+//   std::size_t bytes = compress_workspace_bytes<bf16>(shape, config);
+//   cudaMalloc(&workspace, bytes);                            // once; reuse for every layer
+//   compress_layer(kv, window, config, BudgetRule{BudgetKind::keep_fraction, 0.25}, nullptr,
+//                  shape, workspace, bytes, stream);          // asynchronous, no allocation
+//
+// Every sequence of the layer (request x KV head, see layout.cuh) is compressed at once:
+// StreamingLLM (selection by recency), SnapKV (window scores, pooled, top-B) or SimCalKV
+// (SnapKV's selection, local or exact similarity assignment, mass-weighted merge, calibrated
+// bias), optionally with AdaKV's cross-head budgets inside each request. Results match the CPU
+// policies of the same options (see tests/cuda). Afterwards lengths[s] is the sequence's budget
+// and its first lengths[s] rows hold the survivors in position order.
+//
+// Differences from the CPU API: the GPU validates nothing (the host checks shapes, finiteness and
+// ascending positions as the CPU policies do), and budgets are clamped to [protected, length]
+// instead of rejected. Sizes on the host are upper bounds only: lengths live in device memory,
+// so the host never waits for the device.
+#pragma once
+
+#include "simcalkv/cuda/common.cuh"
+#include "simcalkv/cuda/compact.cuh"
+#include "simcalkv/cuda/layout.cuh"
+#include "simcalkv/cuda/merge.cuh"
+#include "simcalkv/cuda/scoring.cuh"
+#include "simcalkv/cuda/select.cuh"
+#include "simcalkv/cuda/similarity.cuh"
+
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
+
+#include <cmath>
+
+namespace simcalkv::cuda {
+
+/// Sizes of a compression call, known on the host. max_length and total_length are upper bounds
+/// of lengths[s] and of their sum (e.g. the capacities).
+struct CompressShape {
+  int num_seqs = 0;       // requests x KV heads (of this shard)
+  int num_kv_heads = 1;   // KV heads per request (of this shard)
+  int head_dim = 128;     // 64 or 128
+  int window_tokens = 0;  // W
+  int group = 1;          // G: query heads per KV head
+  int max_length = 0;
+  int64_t total_length = 0;
+};
+
+/// What a compression did to one sequence (optional output, device memory).
+struct SeqStats {
+  int32_t before;
+  int32_t after;
+  int32_t merged;
+  int32_t evicted;
+};
+
+namespace detail {
+
+inline int device_sm_count() {
+  int device = 0, sms = 132;
+  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  return sms;
+}
+
+inline int protected_recent(const PolicyConfig& c, int window_tokens) {
+  if (c.method == Method::streaming_llm) return 0;
+  return c.recent_tokens >= 0 ? c.recent_tokens : window_tokens;
+}
+
+/// The planning derived from a shape (identical when sizing and when running).
+struct CompressPlan {
+  int rows = 0, rows_padded = 0, groups = 0;
+  int tiles = 0, splits = 1, tiles_per_split = 1;
+  int chunks_per_seq = 1;
+  int end_bit = 1;
+  uint32_t sentinel = 1;
+  bool scored = false, merged = false, adakv = false, alloc_key = false, split_queries = false;
+  int smem_keys = 0;
+  std::size_t sort_temp = 0;
+};
+
+template <class T, class Q>
+CompressPlan make_plan(const CompressShape& shape, const PolicyConfig& c) {
+  CompressPlan p;
+  p.scored = c.method != Method::streaming_llm;
+  p.merged = c.method == Method::simcalkv;
+  p.adakv = c.adakv && p.scored;
+  p.alloc_key = p.adakv && c.method == Method::simcalkv && c.pooling != Pooling::none && c.pool_kernel > 1;
+  p.split_queries = std::is_same_v<Q, float>;
+  p.rows = shape.group * shape.window_tokens;
+  p.rows_padded = static_cast<int>(ceil_div(p.rows, kRowsPerGroup) * kRowsPerGroup);
+  p.groups = p.rows_padded / kRowsPerGroup;
+  p.tiles = static_cast<int>(ceil_div(shape.max_length, kEntriesPerTile));
+  const long long target = 4LL * device_sm_count();
+  const long long per_split = static_cast<long long>(shape.num_seqs) * (p.groups > 0 ? p.groups : 1);
+  p.splits = static_cast<int>(std::max<long long>(1, std::min<long long>(p.tiles, ceil_div(target, per_split))));
+  p.tiles_per_split = std::max(1, static_cast<int>(ceil_div(p.tiles, p.splits)));
+  p.splits = std::max(1, static_cast<int>(ceil_div(p.tiles, p.tiles_per_split)));
+  p.chunks_per_seq = std::max(1, static_cast<int>(ceil_div(shape.max_length, kCompactChunk)));
+  p.end_bit = 1;
+  while (p.end_bit < 32 && (1ull << p.end_bit) - 1 < static_cast<unsigned long long>(shape.total_length)) ++p.end_bit;
+  p.sentinel = static_cast<uint32_t>((1ull << p.end_bit) - 1);
+  p.smem_keys = shape.max_length <= 40960 ? shape.max_length : 0;
+  if (p.merged) {
+    cub::DeviceRadixSort::SortPairs(nullptr, p.sort_temp, static_cast<const uint32_t*>(nullptr),
+                                    static_cast<uint32_t*>(nullptr), static_cast<const int32_t*>(nullptr),
+                                    static_cast<int32_t*>(nullptr), static_cast<int64_t>(shape.total_length), 0,
+                                    p.end_bit);
+  }
+  return p;
+}
+
+/// Pointers into the workspace.
+template <class T>
+struct CompressBuffers {
+  int32_t* ws_off;     // [S + 1]
+  int32_t* budgets;    // [S]
+  int32_t* evicted;    // [S]
+  T* q_hi;             // [S][Rp][D]
+  T* q_lo;
+  int32_t* row_pos;    // [S][Rp]
+  float2* stats;       // [S][Rp][splits]
+  float* row_max;      // [S][Rp]
+  float* row_inv;
+  float* score_part;   // [groups][total]
+  float* mass_part;
+  float* mass;         // [total]
+  float* inv_norm;
+  uint32_t* sel_key;
+  uint32_t* alloc_key;
+  uint32_t* pool_key;
+  int32_t* floor_count;  // [S]
+  int32_t* extra_left;
+  int32_t* order;      // [total]
+  uint32_t* keys_in;   // [total]
+  uint32_t* keys_out;
+  int32_t* vals_in;
+  int32_t* vals_out;
+  int32_t* seg_begin;
+  int32_t* seg_end;
+  void* sort_temp;
+  unsigned* ticket;
+  int* flags;          // [S * chunks]
+};
+
+template <class T>
+CompressBuffers<T> carve(Carver& w, const CompressShape& shape, const CompressPlan& plan) {
+  const std::size_t S = static_cast<std::size_t>(shape.num_seqs);
+  const std::size_t N = static_cast<std::size_t>(shape.total_length);
+  const std::size_t D = static_cast<std::size_t>(shape.head_dim);
+  const std::size_t R = static_cast<std::size_t>(plan.rows_padded);
+  CompressBuffers<T> b{};
+  b.ws_off = w.take<int32_t>(S + 1);
+  b.budgets = w.take<int32_t>(S);
+  b.evicted = w.take<int32_t>(S);
+  b.order = w.take<int32_t>(N);
+  b.sel_key = w.take<uint32_t>(N);
+  b.ticket = w.take<unsigned>(1);
+  b.flags = w.take<int>(S * static_cast<std::size_t>(plan.chunks_per_seq));
+  if (plan.scored) {
+    b.q_hi = w.take<T>(S * R * D);
+    b.q_lo = plan.split_queries ? w.take<T>(S * R * D) : nullptr;
+    b.row_pos = w.take<int32_t>(S * R);
+    b.stats = w.take<float2>(S * R * static_cast<std::size_t>(plan.splits));
+    b.row_max = w.take<float>(S * R);
+    b.row_inv = w.take<float>(S * R);
+    b.score_part = w.take<float>(static_cast<std::size_t>(plan.groups) * N);
+    b.mass_part = w.take<float>(static_cast<std::size_t>(plan.groups) * N);
+    b.mass = w.take<float>(N);
+  }
+  if (plan.adakv) {
+    b.alloc_key = plan.alloc_key ? w.take<uint32_t>(N) : nullptr;
+    b.pool_key = w.take<uint32_t>(N);
+    b.floor_count = w.take<int32_t>(S);
+    b.extra_left = w.take<int32_t>(S);
+  }
+  if (plan.merged) {
+    b.inv_norm = w.take<float>(N);
+    b.keys_in = w.take<uint32_t>(N);
+    b.keys_out = w.take<uint32_t>(N);
+    b.vals_in = w.take<int32_t>(N);
+    b.vals_out = w.take<int32_t>(N);
+    b.seg_begin = w.take<int32_t>(N);
+    b.seg_end = w.take<int32_t>(N);
+    b.sort_temp = w.take<unsigned char>(plan.sort_temp);
+  }
+  return b;
+}
+
+struct PlanKernelParams {
+  const int32_t* lengths;
+  int num_seqs;
+  BudgetRule rule;
+  const int32_t* explicit_budgets;
+  int sinks;
+  int recent;
+  int32_t* ws_off;
+  int32_t* budgets;
+};
+
+__device__ inline int budget_for(const BudgetRule& rule, int n) {
+  switch (rule.kind) {
+    case BudgetKind::entries: return static_cast<int>(rule.value);
+    case BudgetKind::keep_fraction: return static_cast<int>(llround(rule.value * static_cast<double>(n)));
+    case BudgetKind::compress_ratio: return static_cast<int>(llround((1.0 - rule.value) * static_cast<double>(n)));
+  }
+  return n;
+}
+
+/// One block of 1024 threads: workspace offsets (a scan of the lengths) and per-sequence budgets.
+__global__ void __launch_bounds__(1024) plan_kernel(PlanKernelParams p) {
+  using Scan = cub::BlockScan<int, 1024>;
+  __shared__ typename Scan::TempStorage temp;
+  int base = 0;
+  for (int s0 = 0; s0 < p.num_seqs; s0 += 1024) {
+    const int s = s0 + static_cast<int>(threadIdx.x);
+    const int n = s < p.num_seqs ? p.lengths[s] : 0;
+    int offset, aggregate;
+    Scan(temp).ExclusiveSum(n, offset, aggregate);
+    __syncthreads();
+    if (s < p.num_seqs) {
+      p.ws_off[s] = base + offset;
+      const int P = min(n, p.sinks + p.recent);
+      const int B = p.explicit_budgets ? p.explicit_budgets[s] : budget_for(p.rule, n);
+      p.budgets[s] = min(n, max(P, B));
+    }
+    base += aggregate;
+  }
+  if (threadIdx.x == 0) p.ws_off[p.num_seqs] = base;
+}
+
+struct FinishParams {
+  int32_t* lengths;
+  const int32_t* budgets;
+  const int32_t* evicted;  // null: every removed entry is evicted
+  int num_seqs;
+  SeqStats* stats;
+};
+
+__global__ void finish_kernel(FinishParams p) {
+  const int s = blockIdx.x * blockDim.x + threadIdx.x;
+  if (s >= p.num_seqs) return;
+  const int n = p.lengths[s], B = p.budgets[s];
+  if (p.stats) {
+    const int removed = n - B;
+    const int evicted = p.evicted ? p.evicted[s] : removed;
+    p.stats[s] = SeqStats{n, B, removed - evicted, evicted};
+  }
+  p.lengths[s] = B;
+}
+
+template <class Kernel>
+cudaError_t allow_smem(Kernel kernel, std::size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+template <class T, class Q, int D, class Layout>
+cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q>& window, const PolicyConfig& cfg,
+                                const BudgetRule& rule, const int32_t* explicit_budgets, const CompressShape& shape,
+                                void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
+                                SeqStats* stats) {
+  constexpr int NA = std::is_same_v<Q, float> ? 2 : 1;
+  const CompressPlan plan = make_plan<T, Q>(shape, cfg);
+  Carver carver(workspace);
+  const CompressBuffers<T> b = carve<T>(carver, shape, plan);
+  if (carver.bytes() > workspace_bytes) return cudaErrorInvalidValue;
+  const int S = shape.num_seqs;
+  if (S == 0) return cudaSuccess;
+  const int recent = protected_recent(cfg, shape.window_tokens);
+  const int sinks = cfg.sink_tokens;
+  const int max_len = shape.max_length;
+  const int64_t N = shape.total_length;
+
+  plan_kernel<<<1, 1024, 0, stream>>>(PlanKernelParams{kv.lengths, S, rule, explicit_budgets, sinks, recent, b.ws_off,
+                                                      b.budgets});
+  SIMCALKV_CUDA_TRY(cudaGetLastError());
+
+  if (plan.scored) {
+    PrepParams<T, Q> pp{window, shape.num_kv_heads, S, plan.rows, plan.rows_padded, b.q_hi, b.q_lo, b.row_pos};
+    window_prep_kernel<T, Q, D><<<S, 256, 0, stream>>>(pp);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    ScoreParams<T, Layout> sp{};
+    sp.kv = kv;
+    sp.ws_off = b.ws_off;
+    sp.q_hi = b.q_hi;
+    sp.q_lo = b.q_lo;
+    sp.row_pos = b.row_pos;
+    sp.rows = plan.rows;
+    sp.rows_padded = plan.rows_padded;
+    sp.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    sp.splits = plan.splits;
+    sp.tiles_per_split = plan.tiles_per_split;
+    sp.stats = b.stats;
+    sp.row_max = b.row_max;
+    sp.row_inv = b.row_inv;
+    sp.score_part = b.score_part;
+    sp.mass_part = b.mass_part;
+    sp.total = N;
+    sp.inv_norm = plan.merged ? b.inv_norm : nullptr;
+    const std::size_t smem = ScoreSmem<T, D, NA>::bytes;
+    const dim3 grid(plan.splits, plan.groups, S);
+    SIMCALKV_CUDA_TRY(allow_smem(score_kernel<T, D, NA, 1, Layout>, smem));
+    SIMCALKV_CUDA_TRY(allow_smem(score_kernel<T, D, NA, 2, Layout>, smem));
+    score_kernel<T, D, NA, 1, Layout><<<grid, kTileThreads, smem, stream>>>(sp);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    const int64_t rows_total = static_cast<int64_t>(S) * plan.rows_padded;
+    row_stats_kernel<<<static_cast<unsigned>(ceil_div(rows_total, 256)), 256, 0, stream>>>(
+        RowStatsParams{b.stats, plan.splits, plan.rows, plan.rows_padded, S, b.row_max, b.row_inv});
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    score_kernel<T, D, NA, 2, Layout><<<grid, kTileThreads, smem, stream>>>(sp);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+  }
+
+  SelectionParams selp{};
+  selp.lengths = kv.lengths;
+  selp.ws_off = b.ws_off;
+  selp.score_part = plan.scored ? b.score_part : nullptr;
+  selp.mass_part = b.mass_part;
+  selp.groups = plan.groups;
+  selp.total = N;
+  selp.mass = b.mass;
+  selp.sel_key = b.sel_key;
+  selp.alloc_key = b.alloc_key;
+  selp.sinks = sinks;
+  selp.recent = recent;
+  selp.pooling = cfg.pooling;
+  selp.pool_kernel = cfg.pool_kernel;
+  selp.pool_whole = cfg.method == Method::simcalkv;
+  selection_scores_kernel<<<dim3(static_cast<unsigned>(ceil_div(max_len, 256)), S), 256, 0, stream>>>(selp);
+  SIMCALKV_CUDA_TRY(cudaGetLastError());
+
+  constexpr int kSelectThreads = 512, kSelectItems = 4;
+  if (plan.adakv) {
+    AdaKVParams ap{};
+    ap.lengths = kv.lengths;
+    ap.ws_off = b.ws_off;
+    ap.budgets = b.budgets;
+    ap.key = plan.alloc_key ? b.alloc_key : b.sel_key;
+    ap.pool_key = b.pool_key;
+    ap.floor_count = b.floor_count;
+    ap.extra_left = b.extra_left;
+    ap.num_kv_heads = shape.num_kv_heads;
+    ap.sinks = sinks;
+    ap.recent = recent;
+    ap.alpha = cfg.adakv_alpha;
+    adakv_floor_kernel<kSelectThreads, kSelectItems><<<S, kSelectThreads, 0, stream>>>(ap);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    adakv_joint_kernel<1024><<<S / shape.num_kv_heads, 1024, 0, stream>>>(ap);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+  }
+
+  {
+    SelectParams sp{kv.lengths, b.ws_off, b.budgets, b.sel_key, b.order, sinks, recent, plan.smem_keys};
+    const std::size_t smem = static_cast<std::size_t>(plan.smem_keys) * sizeof(uint32_t);
+    SIMCALKV_CUDA_TRY(allow_smem(select_kernel<kSelectThreads, kSelectItems>, smem));
+    select_kernel<kSelectThreads, kSelectItems><<<S, kSelectThreads, smem, stream>>>(sp);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+  }
+
+  if (plan.merged) {
+    const unsigned fill_blocks = static_cast<unsigned>(std::min<long long>(4096, ceil_div(N, 256)));
+    fill_keys_kernel<<<fill_blocks, 256, 0, stream>>>(b.keys_in, N, plan.sentinel);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    SIMCALKV_CUDA_TRY(cudaMemsetAsync(b.evicted, 0, sizeof(int32_t) * S, stream));
+    AssignParams<T, Layout> ap{kv,     b.ws_off,          b.budgets,   b.order,     b.inv_norm, cfg.search,
+                               cfg.search_radius, cfg.similarity_threshold, b.keys_in, b.vals_in, b.evicted};
+    const std::size_t smem = AssignSmem<T, D>::bytes;
+    SIMCALKV_CUDA_TRY(allow_smem(assign_kernel<T, D, Layout>, smem));
+    assign_kernel<T, D, Layout><<<dim3(static_cast<unsigned>(ceil_div(max_len, 64)), S), kTileThreads, smem, stream>>>(ap);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    std::size_t temp = plan.sort_temp;
+    SIMCALKV_CUDA_TRY(cub::DeviceRadixSort::SortPairs(b.sort_temp, temp, b.keys_in, b.keys_out, b.vals_in, b.vals_out,
+                                                      N, 0, plan.end_bit, stream));
+    SIMCALKV_CUDA_TRY(cudaMemsetAsync(b.seg_begin, 0xff, sizeof(int32_t) * static_cast<std::size_t>(N), stream));
+    segments_kernel<<<fill_blocks, 256, 0, stream>>>(b.keys_out, N, plan.sentinel, b.seg_begin, b.seg_end);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    MergeParams<T, Layout> mp{};
+    mp.kv = kv;
+    mp.ws_off = b.ws_off;
+    mp.budgets = b.budgets;
+    mp.order = b.order;
+    mp.mass = b.mass;
+    mp.seg_begin = b.seg_begin;
+    mp.seg_end = b.seg_end;
+    mp.members = b.vals_out;
+    mp.q_hi = b.q_hi;
+    mp.q_lo = b.q_lo;
+    mp.row_pos = b.row_pos;
+    mp.row_max = b.row_max;
+    mp.rows = plan.rows;
+    mp.rows_padded = plan.rows_padded;
+    mp.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    mp.bias = cfg.bias;
+    mp.merge_keys = cfg.merge_keys;
+    const std::size_t msmem = MergeSmem<T, D, NA>::bytes;
+    SIMCALKV_CUDA_TRY(allow_smem(merge_kernel<T, D, NA, Layout>, msmem));
+    merge_kernel<T, D, NA, Layout><<<dim3(static_cast<unsigned>(ceil_div(max_len, 64)), S), kTileThreads, msmem, stream>>>(mp);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+  }
+
+  SIMCALKV_CUDA_TRY(cudaMemsetAsync(b.ticket, 0, sizeof(unsigned), stream));
+  SIMCALKV_CUDA_TRY(
+      cudaMemsetAsync(b.flags, 0, sizeof(int) * static_cast<std::size_t>(S) * plan.chunks_per_seq, stream));
+  CompactParams<T, Layout> cp{kv, b.ws_off, b.budgets, b.order, plan.chunks_per_seq, b.ticket, b.flags};
+  compact_kernel<T, D, Layout><<<static_cast<unsigned>(S) * plan.chunks_per_seq, 256, 0, stream>>>(cp);
+  SIMCALKV_CUDA_TRY(cudaGetLastError());
+  finish_kernel<<<static_cast<unsigned>(ceil_div(S, 256)), 256, 0, stream>>>(
+      FinishParams{kv.lengths, b.budgets, plan.merged ? b.evicted : nullptr, S, stats});
+  return cudaGetLastError();
+}
+
+}  // namespace detail
+
+/// Workspace bytes for compress_layer with this shape and policy (T: storage, Q: query type).
+template <class T, class Q = float>
+std::size_t compress_workspace_bytes(const CompressShape& shape, const PolicyConfig& config) {
+  const detail::CompressPlan plan = detail::make_plan<T, Q>(shape, config);
+  detail::Carver carver(nullptr);
+  detail::carve<T>(carver, shape, plan);
+  return carver.bytes();
+}
+
+/// Compresses every sequence of one layer, asynchronously on `stream` (see the file comment).
+/// Budgets: `explicit_budgets` (device, one per sequence) if given, else `rule` applied to each
+/// sequence's length. Requires head_dim 64 or 128 and, unless the policy is StreamingLLM, a
+/// window with at least one token. `stats` (device, optional) receives one SeqStats per sequence.
+template <class T, class Q, class Layout>
+cudaError_t compress_layer(const LayerKV<T, Layout>& kv, const WindowArgs<Q>& window, const PolicyConfig& config,
+                           const BudgetRule& rule, const int32_t* explicit_budgets, const CompressShape& shape,
+                           void* workspace, std::size_t workspace_bytes, cudaStream_t stream = nullptr,
+                           SeqStats* stats = nullptr) {
+  static_assert(is_storage_v<T>, "storage must be bf16 or fp16");
+  static_assert(std::is_same_v<Q, float> || std::is_same_v<Q, T>, "queries must be float or the storage type");
+  if (config.method != Method::streaming_llm && (shape.window_tokens <= 0 || shape.group <= 0))
+    return cudaErrorInvalidValue;
+  if (shape.num_kv_heads <= 0 || shape.num_seqs % shape.num_kv_heads != 0) return cudaErrorInvalidValue;
+  if (config.method == Method::simcalkv && config.search_radius <= 0) return cudaErrorInvalidValue;
+  switch (shape.head_dim) {
+    case 64:
+      return detail::compress_layer_impl<T, Q, 64>(kv, window, config, rule, explicit_budgets, shape, workspace,
+                                                  workspace_bytes, stream, stats);
+    case 128:
+      return detail::compress_layer_impl<T, Q, 128>(kv, window, config, rule, explicit_budgets, shape, workspace,
+                                                   workspace_bytes, stream, stats);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+}  // namespace simcalkv::cuda
