@@ -164,15 +164,9 @@ class InterpolationKV : public UniformBudgets<InterpolationKV<Mode>> {
     const std::size_t n = head.length;
     kernels::load_keys(head, s);
     kernels::score_window(head, window, kv_head, group, s);
-    kernels::select_top(s.score.data(), n, budget, protection, s.indices, s.indices2);
-    kernels::complement(s.indices, n, s.indices2);
+    select_and_match(s.score.data(), n, d, budget, protection, options_.search, options_.search_radius, s);
     const auto& keep = s.indices;
     const auto& removed = s.indices2;
-    const kernels::SimilarityInputs inputs{s.keys.data(), s.inv_norms.data(), d, keep, removed};
-    if (options_.search == SimilaritySearch::local)
-      kernels::assign_local(inputs, options_.search_radius, s.assignment, s.similarity);
-    else
-      kernels::assign_exact(inputs, s.floats, s.assignment, s.similarity);
     for (std::size_t c = 0; c < removed.size(); ++c)
       if (!(s.similarity[c] >= options_.similarity_threshold)) s.assignment[c] = -1;
 

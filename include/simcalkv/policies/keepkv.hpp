@@ -108,14 +108,8 @@ class KeepKV : public UniformBudgets<KeepKV> {
     kernels::score_window(head, window, kv_head, group, s);
     detail::keepkv_ema_scores(s, head.length, group, window.num_tokens, options_.ema_alpha, s.score);
     s.mass = s.score;  // merge weights w = p * s: the EMA scores, votes included through the bias
-    kernels::select_top(s.score.data(), head.length, budget, protection, s.indices, s.indices2);
-    kernels::complement(s.indices, head.length, s.indices2);
-    const kernels::SimilarityInputs inputs{s.keys.data(), s.inv_norms.data(), static_cast<std::size_t>(head.head_dim),
-                                           s.indices, s.indices2};
-    if (options_.search == SimilaritySearch::local)
-      kernels::assign_local(inputs, options_.search_radius, s.assignment, s.similarity);
-    else
-      kernels::assign_exact(inputs, s.floats, s.assignment, s.similarity);
+    select_and_match(s.score.data(), head.length, static_cast<std::size_t>(head.head_dim), budget, protection,
+                     options_.search, options_.search_radius, s);
     for (std::size_t c = 0; c < s.assignment.size(); ++c)
       if (!(s.similarity[c] >= options_.similarity_threshold)) s.assignment[c] = -1;
     kernels::merge_into_plan(head, s, s.indices, s.indices2, s.assignment,

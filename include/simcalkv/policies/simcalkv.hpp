@@ -10,17 +10,13 @@
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/similarity.hpp"
+#include "simcalkv/policies/match.hpp"
 #include "simcalkv/policy.hpp"
 
 #include <limits>
 #include <string_view>
 
 namespace simcalkv {
-
-enum class SimilaritySearch {
-  local,  // the `search_radius` survivors nearest in position on each side: O(|E| w d)
-  exact,  // every survivor: O(|E| |C| d)
-};
 
 struct SimCalKVOptions {
   std::size_t sink_tokens = 4;
@@ -67,14 +63,8 @@ class SimCalKV : public UniformBudgets<SimCalKV> {
       kernels::pool_scores(s.score.data(), s.similarity.data(), head.length, options_.pooling, options_.pool_kernel);
       selection_score = s.similarity.data();
     }
-    kernels::select_top(selection_score, head.length, budget, protection, s.indices, s.indices2);
-    kernels::complement(s.indices, head.length, s.indices2);
-    const kernels::SimilarityInputs inputs{s.keys.data(), s.inv_norms.data(), static_cast<std::size_t>(head.head_dim),
-                                           s.indices, s.indices2};
-    if (options_.search == SimilaritySearch::local)
-      kernels::assign_local(inputs, options_.search_radius, s.assignment, s.similarity);
-    else
-      kernels::assign_exact(inputs, s.floats, s.assignment, s.similarity);
+    select_and_match(selection_score, head.length, static_cast<std::size_t>(head.head_dim), budget, protection,
+                     options_.search, options_.search_radius, s);
     for (std::size_t c = 0; c < s.assignment.size(); ++c)
       if (s.similarity[c] < options_.similarity_threshold) s.assignment[c] = -1;
     kernels::merge_into_plan(head, s, s.indices, s.indices2, s.assignment,
