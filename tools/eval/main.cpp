@@ -257,6 +257,9 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   for (const auto& [stem, msg] : first_errors)
     std::fprintf(stderr, "simcalkv-eval: warning: compression failed for %s (those rows have an error and no answer): %s\n",
                  stem.c_str(), msg.c_str());
+  if (!first_errors.empty())
+    std::fprintf(stderr, "simcalkv-eval: note: every policy keeps the first 4 and the last --window (%d) entries; for "
+                 "short prompts pass a smaller --window, or the policy's sinks= / recent= options\n", a.window);
 
   const auto lines = sweep_lines(plan.datasets, groups, plan.methods, a.compress_ratios);
   nlohmann::json sj;

@@ -326,11 +326,12 @@ inline std::vector<SweepLine> sweep_lines(const std::vector<Dataset>& datasets, 
       std::size_t n = 0;
       for (std::size_t i = 0; i < per_dataset; ++i) {
         const auto& l = out[i];
-        if (l.method != m || l.ratio != r || l.s.samples == 0) continue;
+        if (l.method != m || l.ratio != r) continue;
+        all.s.failed += l.s.failed;
+        if (l.s.samples == 0) continue;
         ++n;
         metrics.insert(l.metric);
         all.s.samples += l.s.samples;
-        all.s.failed += l.s.failed;
         qb.add(l.s.quality_before());
         qa.add(l.s.quality_after());
         agr.add(l.s.agreement);
