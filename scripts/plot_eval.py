@@ -41,19 +41,33 @@ def main() -> int:
     fig, (ax_q, ax_a) = plt.subplots(1, 2, figsize=(11, 4.2))
     before = [r["quality_before"] for r in rows if finite(r["quality_before"])]
     metric = rows[0]["main_metric"] if rows else ""
-    for m in methods:
-        pts = sorted((r["compress_ratio"], r["quality_after"], r["agreement"]) for r in rows if r["kv_method"] == m)
-        xs = [p[0] for p in pts if finite(p[1])]
-        ax_q.plot(xs, [p[1] for p in pts if finite(p[1])], marker="o", label=m)
-        xa = [p[0] for p in pts if finite(p[2])]
-        ax_a.plot(xa, [p[2] for p in pts if finite(p[2])], marker="o", label=m)
+    ratios = sorted({r["compress_ratio"] for r in rows})
+    if len(ratios) == 1:  # one ratio: bars per method
+        def value(m, key):
+            v = [r[key] for r in rows if r["kv_method"] == m and finite(r[key])]
+            return v[0] if v else 0.0
+
+        xs = range(len(methods))
+        ax_q.bar(xs, [value(m, "quality_after") for m in methods], color="tab:blue")
+        ax_a.bar(xs, [value(m, "agreement") for m in methods], color="tab:orange")
+        for ax in (ax_q, ax_a):
+            ax.set_xticks(list(xs))
+            ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+            ax.set_xlabel(f"method at compress_ratio {ratios[0]:g} (fraction of the KV cache removed)")
+    else:
+        for m in methods:
+            pts = sorted((r["compress_ratio"], r["quality_after"], r["agreement"]) for r in rows if r["kv_method"] == m)
+            xs = [p[0] for p in pts if finite(p[1])]
+            ax_q.plot(xs, [p[1] for p in pts if finite(p[1])], marker="o", label=m)
+            xa = [p[0] for p in pts if finite(p[2])]
+            ax_a.plot(xa, [p[2] for p in pts if finite(p[2])], marker="o", label=m)
+        for ax in (ax_q, ax_a):
+            ax.set_xlabel("compress_ratio (fraction of the KV cache removed)")
     if before:
         ax_q.axhline(sum(before) / len(before), color="black", linestyle="--", linewidth=1, label="full cache")
-    ax_q.set_xlabel("compress_ratio (fraction of the KV cache removed)")
     ax_q.set_ylabel(f"quality ({metric})")
     ax_q.set_title("answer quality")
-    ax_a.set_xlabel("compress_ratio (fraction of the KV cache removed)")
-    ax_a.set_ylabel("agreement (ROUGE-L F with the full-cache answer)")
+    ax_a.set_ylabel("agreement (ROUGE-L F vs full cache)")
     ax_a.set_title("agreement with the full cache")
     ax_a.set_ylim(0, 1.02)
     ax_q.set_ylim(0, 1.02)
