@@ -28,6 +28,8 @@
 #include <map>
 #include <set>
 
+#include <unistd.h>
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -174,9 +176,11 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   Progress progress(total_samples * units_per_sample, total_samples, a.progress);
   std::size_t units = 0, sample_no = 0, finished = 0;
   std::map<std::string, std::string> first_errors;  // group stem -> message
+  std::vector<bool> started(plan.datasets.size(), false);
 
   for (std::size_t d = 0; d < plan.datasets.size() && !g_stop; ++d) {
     const auto& ds = plan.datasets[d];
+    started[d] = true;
     const int max_new = a.max_new_tokens >= 0 ? a.max_new_tokens : ds.max_new_tokens;
     std::size_t max_in = 0;
     if (a.max_input_tokens >= 0) max_in = static_cast<std::size_t>(a.max_input_tokens);
@@ -252,7 +256,8 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   }
   progress.finish();
   info.interrupted = g_stop.load();
-  for (std::size_t d = 0; d < plan.datasets.size(); ++d) write_dataset(d);
+  for (std::size_t d = 0; d < plan.datasets.size(); ++d)
+    if (started[d]) write_dataset(d);  // an interrupted run writes no file for a dataset it never reached
 
   for (const auto& [stem, msg] : first_errors)
     std::fprintf(stderr, "simcalkv-eval: warning: compression failed for %s (those rows have an error and no answer): %s\n",
@@ -308,6 +313,16 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
 }  // namespace
 
 int main(int argc, char** argv) {
+#ifdef _OPENMP
+  // OpenMP threads that spin at barriers lose a whole scheduler slice at every parallel region when the cores are
+  // shared with other jobs (measured: 25x slower decoding on a busy 2-core machine). Passive waiting costs little
+  // on an idle machine, so it is the default here; libgomp reads the setting at start-up, hence the re-exec.
+  // OMP_WAIT_POLICY=active (or any value) in the environment keeps the user's choice.
+  if (!std::getenv("OMP_WAIT_POLICY") && ::setenv("OMP_WAIT_POLICY", "passive", 1) == 0) {
+    ::execv("/proc/self/exe", argv);
+    ::unsetenv("OMP_WAIT_POLICY");  // exec failed: go on as we are
+  }
+#endif
   Plan plan;
   try {
     plan.args = parse_args(std::vector<std::string>(argv + 1, argv + argc));
