@@ -5,11 +5,17 @@
 //
 //     out[b][h * G + g] = softmax_j(scale * q . k_j + bias_j) V   over j < lengths[s],
 //
-// in float from 16-bit storage. The G query heads of a group are served from one read of K and
-// V. Each sequence's entries are split over `splits` blocks (split-KV, as FlashInfer and
-// FlashDecoding do); a block streams its part through shared memory with cp.async, four stages of
-// 32 entries deep, and keeps an online softmax per query head; a second kernel combines the
-// splits. Works over the ragged and the paged layouts.
+// with float accumulation from 16-bit storage. The G query heads of a group are served from one
+// read of K and V. Each sequence's entries are split over `splits` blocks (split-KV, as FlashInfer
+// and FlashDecoding do); a block streams its part through shared memory with cp.async and keeps an
+// online softmax per query head; a second kernel combines the splits. Works over the ragged and
+// the paged layouts.
+//
+// The default kernel runs both products on the tensor cores (mma.sync m16n8k16): the G query
+// heads are the rows of A (padded to 16), 16 entries per warp and step; the probabilities stay in
+// registers (the accumulator layout of Q K^T is the A layout of P V) as a hi + lo pair of 16-bit
+// terms, so the result keeps about 16 significant bits of each probability. The CUDA-core kernel
+// (DecodeShape::tensor_cores = false) computes the same in float FMAs.
 //
 //   DecodeShape shape{num_seqs, num_kv_heads, head_dim, group, max_length};
 //   std::size_t bytes = decode_workspace_bytes(shape);
@@ -31,6 +37,7 @@ struct DecodeShape {
   int group = 1;         // G, query heads per KV head (1 to 8)
   int max_length = 0;    // upper bound of lengths[s]
   int splits = 0;        // 0: chosen from the shape and the GPU
+  bool tensor_cores = true;  // mma.sync kernel (default); false: the CUDA-core kernel
 };
 
 /// Queries q[b * request_stride + (h * G + g) * head_stride + i] (Q: float or the storage type);
@@ -57,7 +64,7 @@ inline int decode_splits(const DecodeShape& shape) {
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   const long long target = 6LL * sms;
-  const long long most = std::max<long long>(1, ceil_div(shape.max_length, kDecodeTile * 4));
+  const long long most = std::max<long long>(1, ceil_div(shape.max_length, 256));
   return static_cast<int>(std::clamp<long long>(ceil_div(target, std::max(1, shape.num_seqs)), 1, most));
 }
 
@@ -255,6 +262,228 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
   }
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core decode
+
+inline constexpr int kMmaTile = 64;    // entries per stage: 16 per warp
+inline constexpr int kMmaStages = 3;
+
+/// D += A * B for one m16n8k16 tile (fragments as the PTX ISA lays them out).
+template <class T>
+__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
+                                         uint32_t b1) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  }
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+template <class T, int D>
+struct MmaSmem {
+  static constexpr int ld = D + 8;  // padded rows: conflict-free fragment loads and ldmatrix
+  static constexpr std::size_t stage_bytes = 2 * sizeof(T) * kMmaTile * ld + sizeof(float) * kMmaTile;
+  static constexpr std::size_t bytes = kMmaStages * stage_bytes;
+};
+
+/// grid (splits, S), 128 threads: 4 warps, each 16 entries of every 64-entry stage.
+template <class T, int D, int G, class Q, class O, class Layout>
+__global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams<T, Q, O, Layout> p) {
+  static_assert(G >= 1 && G <= 8, "group size 1 to 8");
+  constexpr int KS = D / 16;          // k-steps of Q K^T
+  constexpr int NB = D / 8;           // n-blocks of P V
+  constexpr int NQ = std::is_same_v<Q, float> ? 2 : 1;  // float queries: hi + lo terms
+  constexpr int WARPS = kDecodeThreads / 32;
+  constexpr int LD = MmaSmem<T, D>::ld;
+  constexpr int CHUNKS = D * static_cast<int>(sizeof(T)) / 16;
+  using Smem = MmaSmem<T, D>;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ float red_ml[WARPS][G][2];
+
+  const int x = blockIdx.x, s = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;  // fragment row (query head) and column pair
+  const int n = p.kv.lengths[s];
+  const int per = static_cast<int>(ceil_div(ceil_div(n, p.splits), kMmaTile) * kMmaTile);
+  const int begin = min(n, x * per), end = min(n, begin + per);
+  const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
+  const auto seq = p.kv.layout.seq(s);
+
+  // Q as the A operand: row g (query head), 16 dims per k-step; rows 8..15 are zero.
+  uint32_t qa[KS][2], ql[KS][2];
+#pragma unroll
+  for (int ks = 0; ks < KS; ++ks) {
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (g < G) {
+      const Q* qp = p.io.q + b * p.io.q_request_stride + (h * G + g) * p.io.q_head_stride + ks * 16 + t4 * 2;
+      v[0] = to_float(qp[0]), v[1] = to_float(qp[1]), v[2] = to_float(qp[8]), v[3] = to_float(qp[9]);
+    }
+    if constexpr (NQ == 2) {
+      split2<T>(v[0], v[1], qa[ks][0], ql[ks][0]);
+      split2<T>(v[2], v[3], qa[ks][1], ql[ks][1]);
+    } else {
+      qa[ks][0] = pack2<T>(v[0], v[1]);
+      qa[ks][1] = pack2<T>(v[2], v[3]);
+    }
+  }
+  float o[NB][4];
+#pragma unroll
+  for (int i = 0; i < NB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m = kNegInf, l = 0.0f;  // row g's running max and sum (all four lanes of the row agree)
+
+  auto stage_k = [&](int st) { return reinterpret_cast<T*>(smem_raw + st * Smem::stage_bytes); };
+  auto stage_v = [&](int st) { return stage_k(st) + kMmaTile * LD; };
+  auto stage_b = [&](int st) { return reinterpret_cast<float*>(stage_v(st) + kMmaTile * LD); };
+  const int tiles = static_cast<int>(ceil_div(end - begin, kMmaTile));
+  auto load = [&](int t) {
+    if (t >= tiles) return;
+    const int st = t % kMmaStages;
+    const int j0 = begin + t * kMmaTile;
+    const int valid = min(kMmaTile, end - j0);
+    T* ks = stage_k(st);
+    T* vs = stage_v(st);
+    for (int i = tid; i < kMmaTile * CHUNKS; i += kDecodeThreads) {
+      const int r = i / CHUNKS, q = i % CHUNKS;
+      const bool ok = r < valid;
+      const int64_t e = ok ? seq.entry(j0 + r) : 0;
+      cp_async16(ks + r * LD + q * 8, p.kv.keys + e * p.kv.key_stride + q * 8, ok);
+      cp_async16(vs + r * LD + q * 8, p.kv.values + e * p.kv.value_stride + q * 8, ok);
+    }
+    if (tid < kMmaTile) {
+      const bool ok = tid < valid;
+      const int64_t e = ok ? seq.entry(j0 + tid) : 0;
+      cp_async4(stage_b(st) + tid, p.kv.bias + e, ok);
+    }
+  };
+#pragma unroll
+  for (int t = 0; t < kMmaStages - 1; ++t) {
+    load(t);
+    cp_async_commit();
+  }
+
+  const int e0 = warp * 16;  // this warp's entries within a stage
+  for (int t = 0; t < tiles; ++t) {
+    cp_async_wait<kMmaStages - 2>();
+    __syncthreads();
+    load(t + kMmaStages - 1);
+    cp_async_commit();
+    const int st = t % kMmaStages;
+    const T* ks = stage_k(st);
+    const T* vs = stage_v(st);
+    const float* bs = stage_b(st);
+    const int j0 = begin + t * kMmaTile;
+    // S = Q K^T for entries e0 .. e0 + 15 (two n-blocks of 8).
+    float sacc[2][4];
+#pragma unroll
+    for (int nb = 0; nb < 2; ++nb) {
+      sacc[nb][0] = sacc[nb][1] = sacc[nb][2] = sacc[nb][3] = 0.0f;
+      const T* krow = ks + (e0 + nb * 8 + g) * LD + t4 * 2;
+#pragma unroll
+      for (int kk = 0; kk < KS; ++kk) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kk * 16);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8);
+        mma16816<T>(sacc[nb], qa[kk][0], 0u, qa[kk][1], 0u, b0, b1);
+        if constexpr (NQ == 2) mma16816<T>(sacc[nb], ql[kk][0], 0u, ql[kk][1], 0u, b0, b1);
+      }
+    }
+    // Online softmax of row g over the 16 entries: this lane holds entries t4*2, +1 of each block.
+    float xs[4];
+    float tile_max = kNegInf;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int e = e0 + (i >> 1) * 8 + t4 * 2 + (i & 1);
+      const bool ok = g < G && j0 + e < end;
+      xs[i] = ok ? sacc[i >> 1][i & 1] * p.scale + bs[e] : kNegInf;
+      tile_max = fmaxf(tile_max, xs[i]);
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float mn = fmaxf(m, tile_max);
+    const float alpha = exp_diff(m, mn);
+    float psum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      xs[i] = exp_diff(xs[i], mn);
+      psum += xs[i];
+    }
+    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+    psum += __shfl_xor_sync(0xffffffffu, psum, 2);
+    l = l * alpha + psum;
+    m = mn;
+#pragma unroll
+    for (int i = 0; i < NB; ++i) o[i][0] *= alpha, o[i][1] *= alpha;
+    // P as the A operand (rows 8..15 zero), hi + lo.
+    uint32_t pa0, pa2, pl0, pl2;
+    split2<T>(xs[0], xs[1], pa0, pl0);
+    split2<T>(xs[2], xs[3], pa2, pl2);
+    // O += P V: V fragments by transposing loads of the warp's 16 rows, two n-blocks at a time.
+    const int mi = lane >> 3, ri = lane & 7;
+    const T* vrow = vs + (e0 + (mi & 1) * 8 + ri) * LD + (mi >> 1) * 8;
+#pragma unroll
+    for (int nbp = 0; nbp < NB / 2; ++nbp) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, vrow + nbp * 16);
+      mma16816<T>(o[2 * nbp], pa0, 0u, pa2, 0u, vb[0], vb[1]);
+      mma16816<T>(o[2 * nbp], pl0, 0u, pl2, 0u, vb[0], vb[1]);
+      mma16816<T>(o[2 * nbp + 1], pa0, 0u, pa2, 0u, vb[2], vb[3]);
+      mma16816<T>(o[2 * nbp + 1], pl0, 0u, pl2, 0u, vb[2], vb[3]);
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // the stages are reused for the cross-warp reduction
+  float* red_acc = reinterpret_cast<float*>(smem_raw);  // [WARPS][G][D]
+  if (g < G) {
+#pragma unroll
+    for (int i = 0; i < NB; ++i) {
+      red_acc[(warp * G + g) * D + i * 8 + t4 * 2] = o[i][0];
+      red_acc[(warp * G + g) * D + i * 8 + t4 * 2 + 1] = o[i][1];
+    }
+    if (t4 == 0) {
+      red_ml[warp][g][0] = m;
+      red_ml[warp][g][1] = l;
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < G * D; i += kDecodeThreads) {
+    const int gg = i / D, d = i % D;
+    float mm = kNegInf;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) mm = fmaxf(mm, red_ml[w][gg][0]);
+    float ll = 0.0f, aa = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      const float f = exp_diff(red_ml[w][gg][0], mm);
+      ll += red_ml[w][gg][1] * f;
+      aa += red_acc[(w * G + gg) * D + d] * f;
+    }
+    if (p.splits == 1) {
+      O* out = p.io.out + b * p.io.out_request_stride + (h * G + gg) * p.io.out_head_stride;
+      out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
+    } else {
+      const int64_t slot = (static_cast<int64_t>(s) * G + gg) * p.splits + x;
+      p.part_acc[slot * D + d] = aa;
+      if (d == 0) {
+        p.part_ml[slot * 2] = mm;
+        p.part_ml[slot * 2 + 1] = ll;
+      }
+    }
+  }
+}
+
 template <class Q, class O>
 struct CombineParams {
   DecodeIO<Q, O> io;
@@ -290,9 +519,10 @@ cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io
                           float* part_acc, float* part_ml, cudaStream_t stream) {
   DecodeParams<T, Q, O, Layout> p{kv, io, splits, io.scale != 0.0f ? io.scale : 1.0f / std::sqrt(static_cast<float>(D)),
                                   part_acc, part_ml};
-  constexpr std::size_t smem = DecodeSmem<T, D>::bytes;
-  static_assert(smem >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits in the stages");
-  auto kernel = decode_kernel<T, D, G, Q, O, Layout>;
+  static_assert(DecodeSmem<T, D>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
+  static_assert(MmaSmem<T, D>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
+  const std::size_t smem = shape.tensor_cores ? MmaSmem<T, D>::bytes : DecodeSmem<T, D>::bytes;
+  auto kernel = shape.tensor_cores ? decode_mma_kernel<T, D, G, Q, O, Layout> : decode_kernel<T, D, G, Q, O, Layout>;
   if (smem > 48 * 1024)
     SIMCALKV_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   kernel<<<dim3(splits, shape.num_seqs), kDecodeThreads, smem, stream>>>(p);

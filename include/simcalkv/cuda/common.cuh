@@ -147,6 +147,24 @@ __device__ __forceinline__ void unpack8(const uint4& v, float* out) {
   out[4] = c.x, out[5] = c.y, out[6] = d.x, out[7] = d.y;
 }
 
+/// Two floats as a packed pair of 16-bit elements (x in the low half), and the rounding residuals.
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float x, float y) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(x, y);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  } else {
+    const __half2 v = __floats2half2_rn(x, y);
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+}
+template <class T>
+__device__ __forceinline__ void split2(float x, float y, uint32_t& hi, uint32_t& lo) {
+  hi = pack2<T>(x, y);
+  const float2 h = unpack2<T>(hi);
+  lo = pack2<T>(x - h.x, y - h.y);
+}
+
 /// Float bits mapped to an unsigned key with the same order (larger float, larger key).
 __device__ __forceinline__ uint32_t order_key(float x) {
   const uint32_t b = __float_as_uint(x);
@@ -167,6 +185,9 @@ __device__ __forceinline__ float warp_sum(float v) {
 /// exp(a - b) that is 0 when a is -inf (also when b is -inf too).
 __device__ __forceinline__ float exp_diff(float a, float b) { return a == kNegInf ? 0.0f : expf(a - b); }
 
+/// exp_diff with the fast exponential (a few ulps; for sums of many terms).
+__device__ __forceinline__ float fast_exp_diff(float a, float b) { return a == kNegInf ? 0.0f : __expf(a - b); }
+
 /// Combines two (max, sum of exp(x - max)) pairs.
 __device__ __forceinline__ void lse_combine(float& m, float& l, float m2, float l2) {
   const float mm = fmaxf(m, m2);
@@ -180,7 +201,7 @@ __device__ __forceinline__ void lse_combine(float& m, float& l, float m2, float 
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool pred) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
   const int bytes = pred ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
 }
 __device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool pred) {
   const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));

@@ -4,10 +4,11 @@
 // has already rewritten if it received candidates. Moving down in place is safe one slot at a
 // time; in parallel, a chunk of 64 slots may only write its rows once every earlier chunk of the
 // same sequence has read its sources (a source of an earlier slot can lie inside a later chunk's
-// destination rows). So each block takes a ticket (chunks in ticket order, sequence-major), reads
-// its 64 source rows into shared memory, publishes a flag, waits for the flags of the earlier
-// chunks of its sequence (all of them hold earlier tickets, so they are running or done: no
-// deadlock), then writes. Later chunks never wait for it, and no chunk waits for a write.
+// destination rows). So each block takes a ticket of its sequence (the chunk it handles, in the
+// order blocks start), reads its 64 source rows into shared memory, publishes a flag, waits for
+// the flags of the earlier chunks of its sequence (all of them hold earlier tickets, so they are
+// running or done: no deadlock), then writes. Later chunks never wait for it, and no chunk waits
+// for a write.
 #pragma once
 
 #include "simcalkv/cuda/common.cuh"
@@ -24,11 +25,11 @@ struct CompactParams {
   const int32_t* budgets;
   const int32_t* order;
   int chunks_per_seq;
-  unsigned* ticket;  // zeroed before the launch
+  unsigned* ticket;  // [S], zeroed before the launch
   int* flags;        // [S * chunks_per_seq], zeroed before the launch
 };
 
-/// grid (S * chunks_per_seq), 256 threads.
+/// grid (chunks_per_seq, S), 256 threads.
 template <class T, int D, class Layout>
 __global__ void __launch_bounds__(256) compact_kernel(CompactParams<T, Layout> p) {
   constexpr int CH = kCompactChunk;
@@ -39,10 +40,10 @@ __global__ void __launch_bounds__(256) compact_kernel(CompactParams<T, Layout> p
   __shared__ int ps[CH], src_s[CH];
   __shared__ unsigned ticket;
   const int tid = threadIdx.x;
-  if (tid == 0) ticket = atomicAdd(p.ticket, 1u);
+  const int s = blockIdx.y;
+  if (tid == 0) ticket = atomicAdd(p.ticket + s, 1u);
   __syncthreads();
-  const int s = static_cast<int>(ticket / static_cast<unsigned>(p.chunks_per_seq));
-  const int c = static_cast<int>(ticket % static_cast<unsigned>(p.chunks_per_seq));
+  const int c = static_cast<int>(ticket);
   const int n = p.kv.lengths[s];
   const int B = p.budgets[s];
   const int a = c * CH;

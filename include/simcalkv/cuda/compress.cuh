@@ -56,6 +56,17 @@ struct SeqStats {
 
 namespace detail {
 
+/// Optional per-stage timing for benchmarks: when set, compress_layer calls mark(stage, stream)
+/// after each stage of the pipeline (the hook records events; nothing is synchronised).
+struct StageHook {
+  virtual void mark(const char* stage, cudaStream_t stream) = 0;
+  virtual ~StageHook() = default;
+};
+inline StageHook*& stage_hook() {
+  static StageHook* hook = nullptr;
+  return hook;
+}
+
 inline int device_sm_count() {
   int device = 0, sms = 132;
   if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -91,7 +102,7 @@ CompressPlan make_plan(const CompressShape& shape, const PolicyConfig& c) {
   p.rows_padded = static_cast<int>(ceil_div(p.rows, kRowsPerGroup) * kRowsPerGroup);
   p.groups = p.rows_padded / kRowsPerGroup;
   p.tiles = static_cast<int>(ceil_div(shape.max_length, kEntriesPerTile));
-  const long long target = 4LL * device_sm_count();
+  const long long target = 8LL * device_sm_count();
   const long long per_split = static_cast<long long>(shape.num_seqs) * (p.groups > 0 ? p.groups : 1);
   p.splits = static_cast<int>(std::max<long long>(1, std::min<long long>(p.tiles, ceil_div(target, per_split))));
   p.tiles_per_split = std::max(1, static_cast<int>(ceil_div(p.tiles, p.splits)));
@@ -155,7 +166,7 @@ CompressBuffers<T> carve(Carver& w, const CompressShape& shape, const CompressPl
   b.evicted = w.take<int32_t>(S);
   b.order = w.take<int32_t>(N);
   b.sel_key = w.take<uint32_t>(N);
-  b.ticket = w.take<unsigned>(1);
+  b.ticket = w.take<unsigned>(S);
   b.flags = w.take<int>(S * static_cast<std::size_t>(plan.chunks_per_seq));
   if (plan.scored) {
     b.q_hi = w.take<T>(S * R * D);
@@ -275,11 +286,13 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   plan_kernel<<<1, 1024, 0, stream>>>(PlanKernelParams{kv.lengths, S, rule, explicit_budgets, sinks, recent, b.ws_off,
                                                       b.budgets});
   SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("plan", stream);
 
   if (plan.scored) {
     PrepParams<T, Q> pp{window, shape.num_kv_heads, S, plan.rows, plan.rows_padded, b.q_hi, b.q_lo, b.row_pos};
-    window_prep_kernel<T, Q, D><<<S, 256, 0, stream>>>(pp);
+    window_prep_kernel<T, Q, D><<<dim3(S, plan.rows_padded / 8), 256, 0, stream>>>(pp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("window prep", stream);
     ScoreParams<T, Layout> sp{};
     sp.kv = kv;
     sp.ws_off = b.ws_off;
@@ -304,12 +317,15 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     SIMCALKV_CUDA_TRY(allow_smem(score_kernel<T, D, NA, 2, Layout>, smem));
     score_kernel<T, D, NA, 1, Layout><<<grid, kTileThreads, smem, stream>>>(sp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("scores pass 1", stream);
     const int64_t rows_total = static_cast<int64_t>(S) * plan.rows_padded;
     row_stats_kernel<<<static_cast<unsigned>(ceil_div(rows_total, 256)), 256, 0, stream>>>(
         RowStatsParams{b.stats, plan.splits, plan.rows, plan.rows_padded, S, b.row_max, b.row_inv});
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("row stats", stream);
     score_kernel<T, D, NA, 2, Layout><<<grid, kTileThreads, smem, stream>>>(sp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("scores pass 2", stream);
   }
 
   SelectionParams selp{};
@@ -329,8 +345,9 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   selp.pool_whole = cfg.method == Method::simcalkv;
   selection_scores_kernel<<<dim3(static_cast<unsigned>(ceil_div(max_len, 256)), S), 256, 0, stream>>>(selp);
   SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("selection scores", stream);
 
-  constexpr int kSelectThreads = 512, kSelectItems = 4;
+  constexpr int kSelectThreads = 512, kSelectItems = 8;
   if (plan.adakv) {
     AdaKVParams ap{};
     ap.lengths = kv.lengths;
@@ -348,6 +365,7 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     SIMCALKV_CUDA_TRY(cudaGetLastError());
     adakv_joint_kernel<1024><<<S / shape.num_kv_heads, 1024, 0, stream>>>(ap);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("adakv budgets", stream);
   }
 
   {
@@ -356,6 +374,7 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     SIMCALKV_CUDA_TRY(allow_smem(select_kernel<kSelectThreads, kSelectItems>, smem));
     select_kernel<kSelectThreads, kSelectItems><<<S, kSelectThreads, smem, stream>>>(sp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("select", stream);
   }
 
   if (plan.merged) {
@@ -369,9 +388,11 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     SIMCALKV_CUDA_TRY(allow_smem(assign_kernel<T, D, Layout>, smem));
     assign_kernel<T, D, Layout><<<dim3(static_cast<unsigned>(ceil_div(max_len, 64)), S), kTileThreads, smem, stream>>>(ap);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("assign", stream);
     std::size_t temp = plan.sort_temp;
     SIMCALKV_CUDA_TRY(cub::DeviceRadixSort::SortPairs(b.sort_temp, temp, b.keys_in, b.keys_out, b.vals_in, b.vals_out,
                                                       N, 0, plan.end_bit, stream));
+  if (StageHook* h = stage_hook()) h->mark("sort", stream);
     SIMCALKV_CUDA_TRY(cudaMemsetAsync(b.seg_begin, 0xff, sizeof(int32_t) * static_cast<std::size_t>(N), stream));
     segments_kernel<<<fill_blocks, 256, 0, stream>>>(b.keys_out, N, plan.sentinel, b.seg_begin, b.seg_end);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
@@ -397,17 +418,20 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     SIMCALKV_CUDA_TRY(allow_smem(merge_kernel<T, D, NA, Layout>, msmem));
     merge_kernel<T, D, NA, Layout><<<dim3(static_cast<unsigned>(ceil_div(max_len, 64)), S), kTileThreads, msmem, stream>>>(mp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("merge", stream);
   }
 
-  SIMCALKV_CUDA_TRY(cudaMemsetAsync(b.ticket, 0, sizeof(unsigned), stream));
+  SIMCALKV_CUDA_TRY(cudaMemsetAsync(b.ticket, 0, sizeof(unsigned) * S, stream));
   SIMCALKV_CUDA_TRY(
       cudaMemsetAsync(b.flags, 0, sizeof(int) * static_cast<std::size_t>(S) * plan.chunks_per_seq, stream));
   CompactParams<T, Layout> cp{kv, b.ws_off, b.budgets, b.order, plan.chunks_per_seq, b.ticket, b.flags};
-  compact_kernel<T, D, Layout><<<static_cast<unsigned>(S) * plan.chunks_per_seq, 256, 0, stream>>>(cp);
+  compact_kernel<T, D, Layout><<<dim3(plan.chunks_per_seq, S), 256, 0, stream>>>(cp);
   SIMCALKV_CUDA_TRY(cudaGetLastError());
   finish_kernel<<<static_cast<unsigned>(ceil_div(S, 256)), 256, 0, stream>>>(
       FinishParams{kv.lengths, b.budgets, plan.merged ? b.evicted : nullptr, S, stats});
-  return cudaGetLastError();
+  SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("compact", stream);
+  return cudaSuccess;
 }
 
 }  // namespace detail

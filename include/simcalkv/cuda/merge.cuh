@@ -80,16 +80,15 @@ __device__ __forceinline__ void add_bias(float& m, float& l, float b) {
   }
 }
 
-/// grid (ceil(max_len / 64), S), 256 threads: 64 survivor slots per block, 8 per warp.
+/// grid (ceil(max_len / 64), S), 256 threads: 64 survivor slots per block.
 template <class T, int D, int NA, class Layout>
 __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layout> p) {
   using Smem = MergeSmem<T, D, NA>;
   constexpr int LD = Smem::ld;
-  constexpr int DPL = D / 32;  // dims per lane
-  static_assert(DPL == 2 || DPL == 4, "head_dim 64 or 128");
+  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   T* qh = reinterpret_cast<T*>(smem_raw);
-  T* ql = qh + 64 * LD;  // NA == 2
+  T* qlo = qh + 64 * LD;  // NA == 2
   T* kh = reinterpret_cast<T*>(smem_raw + NA * Smem::tile_bytes);
   T* kl = kh + 64 * LD;
   float* c = reinterpret_cast<float*>(smem_raw + (NA + 2) * Smem::tile_bytes);
@@ -112,27 +111,31 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
   const bool scores = p.kv.scores != nullptr;
   const bool calibrate = p.bias == BiasMode::calibrated || p.bias == BiasMode::bounded;
 
-  auto load = [&](const T* src, float* out) {
-    const T* q = src + lane * DPL;
-    if constexpr (DPL == 4) {
-      const uint2 w = *reinterpret_cast<const uint2*>(q);
-      const float2 x = unpack2<T>(w.x), y = unpack2<T>(w.y);
-      out[0] = x.x, out[1] = x.y, out[2] = y.x, out[3] = y.y;
-    } else {
-      const float2 x = unpack2<T>(*reinterpret_cast<const uint32_t*>(q));
-      out[0] = x.x, out[1] = x.y;
-    }
+  // Phase A: merge. A quarter-warp (8 lanes, D / 8 dims each) per survivor, 32 survivors at a
+  // time; each set is summed in candidate order, as on the CPU.
+  constexpr int DQ = D / 8;
+  const int quarter = lane >> 3, ql = lane & 7;
+  const unsigned qmask = 0xffu << (quarter * 8);
+  auto load_row = [&](const T* row, float* out) {
+    const uint4* src = reinterpret_cast<const uint4*>(row + ql * DQ);
+#pragma unroll
+    for (int c = 0; c < DQ / 8; ++c) unpack8<T>(src[c], out + c * 8);
   };
-
-  // Phase A: merge, 8 slots per warp.
+  auto store_row = [&](T* row, const float* in) {
+    uint4* dst = reinterpret_cast<uint4*>(row + ql * DQ);
+#pragma unroll
+    for (int c = 0; c < DQ / 8; ++c)
+      dst[c] = make_uint4(pack2<T>(in[c * 8], in[c * 8 + 1]), pack2<T>(in[c * 8 + 2], in[c * 8 + 3]),
+                          pack2<T>(in[c * 8 + 4], in[c * 8 + 5]), pack2<T>(in[c * 8 + 6], in[c * 8 + 7]));
+  };
   int any = 0;
-  for (int i = 0; i < 8; ++i) {
-    const int sl = warp * 8 + i;
+  for (int round = 0; round < 2; ++round) {
+    const int sl = round * 32 + warp * 4 + quarter;
     const int slot = k0 + sl;
     const int beg = slot < B ? p.seg_begin[off + slot] : -1;
     if (beg < 0) {
-      if (lane == 0) has[sl] = 0;
-      for (int d = lane; d < D; d += 32) {
+      if (ql == 0) has[sl] = 0;
+      for (int d = ql; d < D; d += 8) {
         kh[sl * LD + d] = from_float<T>(0.0f);
         kl[sl * LD + d] = from_float<T>(0.0f);
       }
@@ -142,61 +145,92 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
     const int end = p.seg_end[off + slot];
     const int j = p.order[off + slot];
     const int64_t ej = seq.entry(j);
-    float kk[DPL], vv[DPL], ak[DPL], av[DPL], x[DPL], y[DPL];
-    load(p.kv.keys + ej * p.kv.key_stride, kk);
-    load(p.kv.values + ej * p.kv.value_stride, vv);
+    float kk[DQ], vv[DQ], ak[DQ], av[DQ], x0[DQ], y0[DQ], x1[DQ], y1[DQ];
+    load_row(p.kv.keys + ej * p.kv.key_stride, kk);
+    load_row(p.kv.values + ej * p.kv.value_stride, vv);
     const float w0 = p.mass[off + j];
     float total = w0;
 #pragma unroll
-    for (int d = 0; d < DPL; ++d) ak[d] = w0 * kk[d], av[d] = w0 * vv[d];
+    for (int d = 0; d < DQ; ++d) ak[d] = w0 * kk[d], av[d] = w0 * vv[d];
     float mb = kNegInf, lse = 0.0f;
     add_bias(mb, lse, p.kv.bias[ej]);
     float score = scores ? p.kv.scores[ej] : 0.0f;
-    for (int m = beg; m < end; ++m) {
-      const int e = p.members[m];
-      const int64_t ee = seq.entry(e);
-      const float w = p.mass[off + e];
-      load(p.kv.keys + ee * p.kv.key_stride, x);
-      load(p.kv.values + ee * p.kv.value_stride, y);
+    // Members, eight at a time: their entries, masses, biases and scores fetched by one lane each.
+    for (int m0 = beg; m0 < end; m0 += 8) {
+      const int cnt = min(8, end - m0);
+      int64_t my_e = 0;
+      float my_w = 0.0f, my_b = 0.0f, my_s = 0.0f;
+      if (ql < cnt) {
+        const int e = p.members[m0 + ql];
+        my_e = seq.entry(e);
+        my_w = p.mass[off + e];
+        my_b = p.kv.bias[my_e];
+        if (scores) my_s = p.kv.scores[my_e];
+      }
+      int i = 0;
+      for (; i + 2 <= cnt; i += 2) {  // two rows in flight, summed in order
+        const int64_t e0 = __shfl_sync(qmask, my_e, i, 8), e1 = __shfl_sync(qmask, my_e, i + 1, 8);
+        load_row(p.kv.keys + e0 * p.kv.key_stride, x0);
+        load_row(p.kv.values + e0 * p.kv.value_stride, y0);
+        load_row(p.kv.keys + e1 * p.kv.key_stride, x1);
+        load_row(p.kv.values + e1 * p.kv.value_stride, y1);
+        const float wa = __shfl_sync(qmask, my_w, i, 8), wb = __shfl_sync(qmask, my_w, i + 1, 8);
 #pragma unroll
-      for (int d = 0; d < DPL; ++d) ak[d] = fmaf(w, x[d], ak[d]), av[d] = fmaf(w, y[d], av[d]);
-      total += w;
-      add_bias(mb, lse, p.kv.bias[ee]);
-      if (scores) score += p.kv.scores[ee];
+        for (int d = 0; d < DQ; ++d) {
+          ak[d] = fmaf(wa, x0[d], ak[d]), av[d] = fmaf(wa, y0[d], av[d]);
+          ak[d] = fmaf(wb, x1[d], ak[d]), av[d] = fmaf(wb, y1[d], av[d]);
+        }
+        total += wa;
+        total += wb;
+        add_bias(mb, lse, __shfl_sync(qmask, my_b, i, 8));
+        add_bias(mb, lse, __shfl_sync(qmask, my_b, i + 1, 8));
+        const float sa = __shfl_sync(qmask, my_s, i, 8), sb = __shfl_sync(qmask, my_s, i + 1, 8);
+        score += sa;
+        score += sb;
+      }
+      if (i < cnt) {
+        const int64_t e0 = __shfl_sync(qmask, my_e, i, 8);
+        load_row(p.kv.keys + e0 * p.kv.key_stride, x0);
+        load_row(p.kv.values + e0 * p.kv.value_stride, y0);
+        const float wa = __shfl_sync(qmask, my_w, i, 8);
+#pragma unroll
+        for (int d = 0; d < DQ; ++d) ak[d] = fmaf(wa, x0[d], ak[d]), av[d] = fmaf(wa, y0[d], av[d]);
+        total += wa;
+        add_bias(mb, lse, __shfl_sync(qmask, my_b, i, 8));
+        score += __shfl_sync(qmask, my_s, i, 8);
+      }
     }
     const bool uniform = !(total > 1e-30f);
     if (uniform) {  // the set's mass underflowed: plain average
 #pragma unroll
-      for (int d = 0; d < DPL; ++d) ak[d] = kk[d], av[d] = vv[d];
+      for (int d = 0; d < DQ; ++d) ak[d] = kk[d], av[d] = vv[d];
       total = 1.0f;
-      for (int m = beg; m < end; ++m) {
-        const int64_t ee = seq.entry(p.members[m]);
-        load(p.kv.keys + ee * p.kv.key_stride, x);
-        load(p.kv.values + ee * p.kv.value_stride, y);
+      for (int mm = beg; mm < end; ++mm) {
+        const int64_t ee = seq.entry(p.members[mm]);
+        load_row(p.kv.keys + ee * p.kv.key_stride, x0);
+        load_row(p.kv.values + ee * p.kv.value_stride, y0);
 #pragma unroll
-        for (int d = 0; d < DPL; ++d) ak[d] += x[d], av[d] += y[d];
+        for (int d = 0; d < DQ; ++d) ak[d] += x0[d], av[d] += y0[d];
         total += 1.0f;
       }
     }
     const float inv = 1.0f / total;
 #pragma unroll
-    for (int d = 0; d < DPL; ++d) {
+    for (int d = 0; d < DQ; ++d) {
       ak[d] = p.merge_keys ? ak[d] * inv : kk[d];
       av[d] = av[d] * inv;
     }
     // The merged key for calibration, then the row in storage (the survivor's own row).
-    T* krow = p.kv.keys + ej * p.kv.key_stride + lane * DPL;
-    T* vrow = p.kv.values + ej * p.kv.value_stride + lane * DPL;
 #pragma unroll
-    for (int d = 0; d < DPL; ++d) {
-      const T h = from_float<T>(ak[d]);
-      kh[sl * LD + lane * DPL + d] = h;
-      kl[sl * LD + lane * DPL + d] = from_float<T>(ak[d] - to_float(h));
-      if (p.merge_keys) krow[d] = h;
-      vrow[d] = from_float<T>(av[d]);
+    for (int d = 0; d < DQ; ++d) {
+      const T hv = from_float<T>(ak[d]);
+      kh[sl * LD + ql * DQ + d] = hv;
+      kl[sl * LD + ql * DQ + d] = from_float<T>(ak[d] - to_float(hv));
     }
+    if (p.merge_keys) store_row(p.kv.keys + ej * p.kv.key_stride, ak);
+    store_row(p.kv.values + ej * p.kv.value_stride, av);
     const float lc = mb + logf(lse);
-    if (lane == 0) {
+    if (ql == 0) {
       has[sl] = 1;
       max_bias[sl] = mb;
       log_count[sl] = lc;
@@ -221,7 +255,7 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       for (int i = tid; i < 64 * chunks; i += blockDim.x) {
         const int rr = i / chunks, q = i % chunks;
         cp_async16(qh + rr * LD + q * per, p.q_hi + (row0 + rr) * D + q * per, true);
-        if constexpr (NA == 2) cp_async16(ql + rr * LD + q * per, p.q_lo + (row0 + rr) * D + q * per, true);
+        if constexpr (NA == 2) cp_async16(qlo + rr * LD + q * per, p.q_lo + (row0 + rr) * D + q * per, true);
       }
       cp_async_commit();
       if (tid < 64) {
@@ -231,7 +265,7 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       cp_async_wait<0>();
     }
     __syncthreads();
-    mma_tile_64x64<T, D, NA, 2>(qh, ql, LD, kh, kl, LD, c, 68);
+    mma_tile_64x64<T, D, NA, 2>(qh, qlo, LD, kh, kl, LD, c, 68);
     __syncthreads();
     if (has[col]) {
       const int pk = pos_k[col];

@@ -51,6 +51,47 @@ __device__ __forceinline__ void mma_tile_64x64(const T* a_hi, const T* a_lo, int
     wmma::store_matrix_sync(c + rt * 16 * ldc + (ct + t) * 16, acc[t], ldc, wmma::mem_row_major);
 }
 
+/// The A operand of a warp's row tile (rows 16 * (warp / 2) .. + 16 of a 64-row block), held in
+/// registers across many B tiles. `hi` / `lo` may point to global or shared memory.
+template <class T, int D, int NA>
+struct AFragments {
+  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T, nvcuda::wmma::row_major> f[NA][D / 16];
+
+  __device__ __forceinline__ void load(const T* hi, const T* lo, int lda) {
+    const int rt = (threadIdx.x >> 5) >> 1;
+#pragma unroll
+    for (int k = 0; k < D / 16; ++k) {
+      nvcuda::wmma::load_matrix_sync(f[0][k], hi + rt * 16 * lda + k * 16, lda);
+      if constexpr (NA == 2) nvcuda::wmma::load_matrix_sync(f[1][k], lo + rt * 16 * lda + k * 16, lda);
+    }
+  }
+};
+
+/// mma_tile_64x64 with the A operand already in registers (B single-term).
+template <class T, int D, int NA>
+__device__ __forceinline__ void mma_tile_64x64(const AFragments<T, D, NA>& a, const T* b, int ldb, float* c, int ldc) {
+  using namespace nvcuda;
+  const int warp = threadIdx.x >> 5;
+  const int rt = warp >> 1;
+  const int ct = (warp & 1) * 2;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
+  wmma::fill_fragment(acc[0], 0.0f);
+  wmma::fill_fragment(acc[1], 0.0f);
+#pragma unroll
+  for (int k = 0; k < D / 16; ++k) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bh;
+      wmma::load_matrix_sync(bh, b + (ct + t) * 16 * ldb + k * 16, ldb);
+      wmma::mma_sync(acc[t], a.f[0][k], bh, acc[t]);
+      if constexpr (NA == 2) wmma::mma_sync(acc[t], a.f[1][k], bh, acc[t]);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+    wmma::store_matrix_sync(c + rt * 16 * ldc + (ct + t) * 16, acc[t], ldc, wmma::mem_row_major);
+}
+
 /// Copies `rows` rows of D elements (16-byte chunks) from global rows given by row_ptr(r) into
 /// shared memory rows of stride ld, zero-filling rows r >= valid, with cp.async (the caller
 /// commits and waits). All threads of the block take part.

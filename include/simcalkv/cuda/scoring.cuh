@@ -39,15 +39,16 @@ struct PrepParams {
   int32_t* row_pos; // [S][Rp]
 };
 
-/// grid (S), 256 threads.
+/// grid (S, chunks), 256 threads: chunk y covers rows [y * 8, y * 8 + 8).
 template <class T, class Q, int D>
 __global__ void window_prep_kernel(PrepParams<T, Q> p) {
   const int s = blockIdx.x;
+  const int first = blockIdx.y * 8 * D, last = min(p.rows_padded * D, first + 8 * D);
   const int b = s / p.num_kv_heads, h = s % p.num_kv_heads;
   const int W = p.window.num_tokens, G = p.window.group;
   T* hi = p.q_hi + static_cast<int64_t>(s) * p.rows_padded * D;
   T* lo = p.q_lo ? p.q_lo + static_cast<int64_t>(s) * p.rows_padded * D : nullptr;
-  for (int idx = threadIdx.x; idx < p.rows_padded * D; idx += blockDim.x) {
+  for (int idx = first + static_cast<int>(threadIdx.x); idx < last; idx += blockDim.x) {
     const int r = idx / D, i = idx % D;
     float q = 0.0f;
     if (r < p.rows) {
@@ -59,7 +60,8 @@ __global__ void window_prep_kernel(PrepParams<T, Q> p) {
     hi[idx] = qh;
     if (lo) lo[idx] = from_float<T>(q - to_float(qh));
   }
-  for (int r = threadIdx.x; r < p.rows_padded; r += blockDim.x)
+  for (int r = blockIdx.y * 8 + static_cast<int>(threadIdx.x); r < min(p.rows_padded, static_cast<int>(blockIdx.y) * 8 + 8);
+       r += blockDim.x)
     p.row_pos[static_cast<int64_t>(s) * p.rows_padded + r] =
         r < p.rows ? p.window.positions[b * p.window.position_request_stride + r % W] : INT_MIN;
 }
@@ -85,31 +87,32 @@ struct ScoreParams {
   float* inv_norm;        // [total], optional (pass 2 out)
 };
 
+inline constexpr int kScoreStages = 3;
+
 template <class T, int D, int NA>
 struct ScoreSmem {
   static constexpr int ld = D + 8;
-  static constexpr std::size_t q_bytes = sizeof(T) * kRowsPerGroup * ld;
   static constexpr std::size_t k_bytes = sizeof(T) * kEntriesPerTile * ld;
   static constexpr std::size_t c_bytes = sizeof(float) * kRowsPerGroup * kLdc;
-  static constexpr std::size_t bytes = q_bytes * NA + 2 * k_bytes + c_bytes + 2 * kEntriesPerTile * 8 +
+  static constexpr std::size_t bytes = kScoreStages * k_bytes + c_bytes + kScoreStages * kEntriesPerTile * 8 +
                                        kRowsPerGroup * 12;
 };
 
-/// grid (splits, Rp / 64, S), 256 threads.
+/// grid (splits, Rp / 64, S), 256 threads. The 64 query rows stay in registers (WMMA A
+/// fragments); key tiles stream through shared memory, three stages deep.
 template <class T, int D, int NA, int PASS, class Layout>
 __global__ void __launch_bounds__(kTileThreads) score_kernel(ScoreParams<T, Layout> p) {
   using Smem = ScoreSmem<T, D, NA>;
   constexpr int LD = Smem::ld;
+  constexpr int ST = kScoreStages;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* qh = reinterpret_cast<T*>(smem_raw);
-  T* ql = qh + kRowsPerGroup * LD;  // used when NA == 2
-  T* kt = reinterpret_cast<T*>(smem_raw + Smem::q_bytes * NA);
-  float* c = reinterpret_cast<float*>(smem_raw + Smem::q_bytes * NA + 2 * Smem::k_bytes);
-  float* bias_t = c + kRowsPerGroup * kLdc;                       // [2][64]
-  int32_t* pos_t = reinterpret_cast<int32_t*>(bias_t + 2 * kEntriesPerTile);  // [2][64]
-  int32_t* rpos = pos_t + 2 * kEntriesPerTile;                   // [64]
-  float* rmax = reinterpret_cast<float*>(rpos + kRowsPerGroup);  // [64]
-  float* rinv = rmax + kRowsPerGroup;                            // [64]
+  T* kt = reinterpret_cast<T*>(smem_raw);                                          // [ST][64][LD]
+  float* c = reinterpret_cast<float*>(smem_raw + ST * Smem::k_bytes);              // [64][kLdc]
+  float* bias_t = c + kRowsPerGroup * kLdc;                                        // [ST][64]
+  int32_t* pos_t = reinterpret_cast<int32_t*>(bias_t + ST * kEntriesPerTile);      // [ST][64]
+  int32_t* rpos = pos_t + ST * kEntriesPerTile;                                    // [64]
+  float* rmax = reinterpret_cast<float*>(rpos + kRowsPerGroup);                    // [64]
+  float* rinv = rmax + kRowsPerGroup;                                              // [64]
 
   const int x = blockIdx.x, rg = blockIdx.y, s = blockIdx.z;
   const int tid = threadIdx.x;
@@ -129,23 +132,9 @@ __global__ void __launch_bounds__(kTileThreads) score_kernel(ScoreParams<T, Layo
   const int64_t off = p.ws_off[s];
   const auto seq = p.kv.layout.seq(s);
 
-  // Query rows of this group (contiguous in the workspace) and their row data.
-  {
-    constexpr int chunks = D * static_cast<int>(sizeof(T)) / 16, per = 16 / static_cast<int>(sizeof(T));
-    for (int i = tid; i < kRowsPerGroup * chunks; i += blockDim.x) {
-      const int rr = i / chunks, q = i % chunks;
-      cp_async16(qh + rr * LD + q * per, p.q_hi + (row0 + rr) * D + q * per, true);
-      if constexpr (NA == 2) cp_async16(ql + rr * LD + q * per, p.q_lo + (row0 + rr) * D + q * per, true);
-    }
-    if (tid < kRowsPerGroup) {
-      rpos[tid] = p.row_pos[row0 + tid];
-      if constexpr (PASS == 2) {
-        rmax[tid] = p.row_max[row0 + tid];
-        rinv[tid] = p.row_inv[row0 + tid];
-      }
-    }
-  }
-  auto load_tile = [&](int t, int buf) {
+  auto load_tile = [&](int t) {
+    if (t >= t_end) return;
+    const int buf = (t - t_begin) % ST;
     const int j0 = t * kEntriesPerTile;
     const int valid = min(kEntriesPerTile, n - j0);
     load_rows_async<T, D>(kt + buf * kEntriesPerTile * LD, LD, kEntriesPerTile, valid,
@@ -157,22 +146,31 @@ __global__ void __launch_bounds__(kTileThreads) score_kernel(ScoreParams<T, Layo
       cp_async4(pos_t + buf * kEntriesPerTile + tid, p.kv.positions + e, ok);
     }
   };
-  load_tile(t_begin, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int i = 0; i < ST - 1; ++i) {
+    load_tile(t_begin + i);
+    cp_async_commit();
+  }
+  // Query rows of this group (contiguous in the workspace) into registers, and their row data.
+  AFragments<T, D, NA> qa;
+  qa.load(p.q_hi + row0 * D, NA == 2 ? p.q_lo + row0 * D : nullptr, D);
+  if (tid < kRowsPerGroup) {
+    rpos[tid] = p.row_pos[row0 + tid];
+    if constexpr (PASS == 2) {
+      rmax[tid] = p.row_max[row0 + tid];
+      rinv[tid] = p.row_inv[row0 + tid];
+    }
+  }
 
   float run_m = kNegInf, run_l = 0.0f;  // pass 1: row r's running max and sum
   for (int t = t_begin; t < t_end; ++t) {
-    const int buf = (t - t_begin) & 1;
-    if (t + 1 < t_end) {
-      load_tile(t + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int buf = (t - t_begin) % ST;
+    cp_async_wait<ST - 2>();
     __syncthreads();
+    load_tile(t + ST - 1);
+    cp_async_commit();
     const T* kb = kt + buf * kEntriesPerTile * LD;
-    mma_tile_64x64<T, D, NA, 1>(qh, ql, LD, kb, nullptr, LD, c, kLdc);
+    mma_tile_64x64<T, D, NA>(qa, kb, LD, c, kLdc);
     __syncthreads();
     const int j0 = t * kEntriesPerTile;
     const float* bt = bias_t + buf * kEntriesPerTile;
@@ -193,7 +191,7 @@ __global__ void __launch_bounds__(kTileThreads) score_kernel(ScoreParams<T, Layo
       tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
       float sum = 0.0f;
 #pragma unroll
-      for (int i = 0; i < 16; ++i) sum += exp_diff(v[i], tile_max);
+      for (int i = 0; i < 16; ++i) sum += fast_exp_diff(v[i], tile_max);
       sum += __shfl_xor_sync(0xffffffffu, sum, 1);
       sum += __shfl_xor_sync(0xffffffffu, sum, 2);
       lse_combine(run_m, run_l, tile_max, sum);
@@ -208,7 +206,7 @@ __global__ void __launch_bounds__(kTileThreads) score_kernel(ScoreParams<T, Layo
       for (int i = 0; i < 16; ++i) {
         const int row = i * 4 + part;
         if (col_ok && pj <= rpos[row] && rmax[row] != kNegInf) {
-          const float e = expf(c[row * kLdc + col] * p.scale + bj - rmax[row]);
+          const float e = __expf(c[row * kLdc + col] * p.scale + bj - rmax[row]);
           mass += e;
           score += e * rinv[row];
         }
@@ -234,8 +232,8 @@ __global__ void __launch_bounds__(kTileThreads) score_kernel(ScoreParams<T, Layo
         if (part == 0 && col_ok) p.inv_norm[off + j0 + col] = sq > 0.0f ? 1.0f / sqrtf(sq) : 0.0f;
       }
     }
-    __syncthreads();
   }
+  cp_async_wait<0>();
   if constexpr (PASS == 1) {
     if (part == 0) p.stats[(row0 + r) * p.splits + x] = make_float2(run_m, run_l);
   }

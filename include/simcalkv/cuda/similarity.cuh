@@ -39,11 +39,14 @@ struct AssignParams {
   int32_t* evicted;         // [S], added to
 };
 
+inline constexpr int kAssignStages = 3;
+
 template <class T, int D>
 struct AssignSmem {
   static constexpr int ld = D + 8;
   static constexpr std::size_t tile_bytes = sizeof(T) * 64 * ld;
-  static constexpr std::size_t bytes = 3 * tile_bytes + sizeof(float) * 64 * 68 + 2 * 64 * 4 + 3 * 64 * 4;
+  static constexpr std::size_t bytes =
+      (1 + kAssignStages) * tile_bytes + sizeof(float) * 64 * 68 + kAssignStages * 64 * 4 + 3 * 64 * 4;
 };
 
 /// grid (ceil(max_len / 64), S), 256 threads.
@@ -52,11 +55,12 @@ __global__ void __launch_bounds__(kTileThreads) assign_kernel(AssignParams<T, La
   using Smem = AssignSmem<T, D>;
   constexpr int LD = Smem::ld;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* a = reinterpret_cast<T*>(smem_raw);                                  // candidates [64][LD]
-  T* kt = reinterpret_cast<T*>(smem_raw + Smem::tile_bytes);              // survivors [2][64][LD]
-  float* c = reinterpret_cast<float*>(smem_raw + 3 * Smem::tile_bytes);   // [64][68]
-  float* inv_t = c + 64 * 68;                                             // [2][64]
-  int* lo_c = reinterpret_cast<int*>(inv_t + 2 * 64);
+  constexpr int ST = kAssignStages;
+  T* a = reinterpret_cast<T*>(smem_raw);                                           // candidates [64][LD]
+  T* kt = reinterpret_cast<T*>(smem_raw + Smem::tile_bytes);                       // survivors [ST][64][LD]
+  float* c = reinterpret_cast<float*>(smem_raw + (1 + ST) * Smem::tile_bytes);     // [64][68]
+  float* inv_t = c + 64 * 68;                                                      // [ST][64]
+  int* lo_c = reinterpret_cast<int*>(inv_t + ST * 64);
   int* hi_c = lo_c + 64;
   int* e_c = hi_c + 64;
 
@@ -99,7 +103,9 @@ __global__ void __launch_bounds__(kTileThreads) assign_kernel(AssignParams<T, La
 
   load_rows_async<T, D>(a, LD, 64, valid_c, [&](int rr) { return p.kv.keys + seq.entry(cand[c0 + rr]) * p.kv.key_stride; },
                         p.kv.keys);
-  auto load_tile = [&](int t, int buf) {
+  auto load_tile = [&](int t) {
+    if (t >= tiles) return;
+    const int buf = t % ST;
     const int s0 = u_lo + t * 64;
     const int valid = min(64, u_hi - s0);
     load_rows_async<T, D>(kt + buf * 64 * LD, LD, 64, valid,
@@ -109,23 +115,24 @@ __global__ void __launch_bounds__(kTileThreads) assign_kernel(AssignParams<T, La
       cp_async4(inv_t + buf * 64 + tid, p.inv_norm + off + (ok ? keep[s0 + tid] : 0), ok);
     }
   };
-  if (tiles > 0) load_tile(0, 0);
-  cp_async_commit();
+#pragma unroll
+  for (int i = 0; i < ST - 1; ++i) {
+    load_tile(i);
+    cp_async_commit();  // the candidates travel with the first group
+  }
 
   const int r = tid >> 2, part = tid & 3;
   float best = kNegInf;
   int best_slot = -1;
+  AFragments<T, D, 1> fa;
   for (int t = 0; t < tiles; ++t) {
-    const int buf = t & 1;
-    if (t + 1 < tiles) {
-      load_tile(t + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
+    const int buf = t % ST;
+    cp_async_wait<ST - 2>();
     __syncthreads();
-    mma_tile_64x64<T, D, 1, 1>(a, nullptr, LD, kt + buf * 64 * LD, nullptr, LD, c, 68);
+    if (t == 0) fa.load(a, nullptr, LD);
+    load_tile(t + ST - 1);
+    cp_async_commit();
+    mma_tile_64x64<T, D, 1>(fa, kt + buf * 64 * LD, LD, c, 68);
     __syncthreads();
     const int s0 = u_lo + t * 64;
     const int lo = lo_c[r], hi = hi_c[r];
@@ -141,7 +148,6 @@ __global__ void __launch_bounds__(kTileThreads) assign_kernel(AssignParams<T, La
         }
       }
     }
-    __syncthreads();
   }
   cp_async_wait<0>();
   // The best of the four threads of a row: the larger value, then the lower slot.
