@@ -1,0 +1,74 @@
+// The CPU library as the reference for the CUDA tests, behind a plain interface (no Eigen, no
+// CUDA), so the reference compiles with the host compiler and the GPU test with nvcc.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+namespace ref {
+
+enum class Elem { bf16, fp16 };
+enum class Method { streaming_llm, snapkv, simcalkv };
+enum class Pool { none, max, avg };
+enum class Bias { bounded, calibrated, log_count, none };
+
+struct Policy {
+  Method method = Method::simcalkv;
+  int sinks = 4;
+  int recent = -1;
+  Pool pooling = Pool::none;
+  int pool_kernel = 7;
+  bool exact = false;
+  int radius = 64;
+  float threshold = -std::numeric_limits<float>::infinity();
+  Bias bias = Bias::bounded;
+  bool merge_keys = true;
+  bool adakv = false;
+  double alpha = 0.2;
+  double keep_fraction = 0.3;
+};
+
+/// One sequence (a KV head of a request): rows of 16-bit bits, [length][d].
+struct Seq {
+  std::vector<std::uint16_t> keys, values;
+  std::vector<float> bias;
+  std::vector<std::int32_t> pos;
+  std::vector<float> scores;  // empty: no score buffer
+  int length = 0;
+};
+
+/// One request of a layer: its KV heads and its window (queries [H * G][W][d] as float).
+struct Request {
+  std::vector<Seq> heads;
+  std::vector<float> queries;
+  std::vector<std::int32_t> window_pos;  // [W]
+};
+
+/// Everything a policy computes for one head before committing, for stage-wise comparisons.
+struct Plan {
+  std::vector<float> score, mass, inv_norm, sel;  // per entry (sel: the selection score)
+  std::vector<std::uint32_t> keep, cand;           // ascending
+  std::vector<std::int32_t> slot;                  // per candidate: kept slot or -1
+  std::vector<float> similarity;                   // per candidate
+};
+
+float from_bits(Elem e, std::uint16_t bits);
+std::uint16_t to_bits(Elem e, float x);
+
+/// The CPU policy (with AdaKV when policy.adakv) on one request, in place. Returns false and
+/// fills `error` if the CPU library threw.
+bool compress(Elem e, int d, int group, int window, const Policy& policy, Request& request, std::string* error);
+
+/// The per-head budgets the CPU policy uses (AdaKV's allocation, or the uniform rule).
+std::vector<std::size_t> budgets(Elem e, int d, int group, int window, const Policy& policy, const Request& request);
+
+/// The CPU kernels' intermediate results for head `head` with `budget` (no commit).
+Plan plan_head(Elem e, int d, int group, int window, const Policy& policy, const Request& request, int head,
+               std::size_t budget);
+
+/// CPU decode attention: queries [G][d] over the sequence, out [G][d].
+void decode(Elem e, int d, int group, const Seq& seq, const float* queries, float* out);
+
+}  // namespace ref

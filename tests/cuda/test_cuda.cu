@@ -1,0 +1,742 @@
+// GPU against CPU: the CUDA kernels under include/simcalkv/cuda/ compared with the CPU library
+// (the reference implementation) on the same inputs, stage by stage, for odd lengths, head dims
+// 64 and 128, group sizes 1 to 8, bf16 and fp16, float and 16-bit window queries, the ragged and
+// both paged layouts, every GPU policy and bias mode; decode attention likewise; and the
+// tensor-parallel property: compressing each head shard on its own equals compressing the layer.
+//
+//   test_cuda [--json FILE] [--quick]
+//
+// Exit status 0 when every case passes. Selection or assignment may legitimately differ from the
+// CPU where two candidates tie to within float rounding (different summation order); such a
+// "near tie" is counted and reported, never silently passed: the case records the CPU's own
+// margin at the differing entries.
+#include "test_support.cuh"
+
+#include <chrono>
+#include <fstream>
+#include <map>
+#include <sstream>
+
+using namespace tsupport;
+namespace sc = simcalkv::cuda;
+
+namespace {
+
+struct Result {
+  std::string group, name;
+  bool pass = true;
+  std::vector<std::string> notes;
+  std::map<std::string, double> metrics;
+  void fail(const std::string& why) {
+    pass = false;
+    if (notes.size() < 8) notes.push_back(why);
+  }
+  void note(const std::string& what) {
+    if (notes.size() < 8) notes.push_back(what);
+  }
+  void max_metric(const std::string& k, double v) {
+    auto it = metrics.find(k);
+    if (it == metrics.end() || v > it->second) metrics[k] = v;
+  }
+  void add_metric(const std::string& k, double v) { metrics[k] += v; }
+};
+
+std::vector<Result> g_results;
+
+const char* elem_name(ref::Elem e) { return e == ref::Elem::bf16 ? "bf16" : "fp16"; }
+
+sc::PolicyConfig gpu_config(const ref::Policy& p) {
+  sc::PolicyConfig c;
+  c.method = p.method == ref::Method::streaming_llm ? sc::Method::streaming_llm
+             : p.method == ref::Method::snapkv      ? sc::Method::snapkv
+                                                    : sc::Method::simcalkv;
+  c.sink_tokens = p.sinks;
+  c.recent_tokens = p.recent;
+  c.pooling = p.pooling == ref::Pool::max ? sc::Pooling::max : p.pooling == ref::Pool::avg ? sc::Pooling::avg : sc::Pooling::none;
+  c.pool_kernel = p.pool_kernel;
+  c.search = p.exact ? sc::Search::exact : sc::Search::local;
+  c.search_radius = p.radius;
+  c.similarity_threshold = p.threshold;
+  c.bias = p.bias == ref::Bias::bounded      ? sc::BiasMode::bounded
+           : p.bias == ref::Bias::calibrated ? sc::BiasMode::calibrated
+           : p.bias == ref::Bias::log_count  ? sc::BiasMode::log_count
+                                             : sc::BiasMode::none;
+  c.merge_keys = p.merge_keys;
+  c.adakv = p.adakv;
+  c.adakv_alpha = p.alpha;
+  return c;
+}
+
+double ulps(ref::Elem e, std::uint16_t a, std::uint16_t b) {
+  if (a == b) return 0.0;
+  const float fa = ref::from_bits(e, a), fb = ref::from_bits(e, b);
+  if (std::isnan(fa) || std::isnan(fb)) return 1e30;
+  int ex = 0;
+  std::frexp(std::max(std::fabs(fb), e == ref::Elem::bf16 ? 1e-30f : 6.1e-5f), &ex);
+  const double ulp = std::ldexp(1.0, ex - 1 - (e == ref::Elem::bf16 ? 7 : 10));
+  return std::fabs(static_cast<double>(fa) - fb) / ulp;
+}
+
+float cosine(const ref::Seq& s, int d, ref::Elem e, int a, int b) {
+  double dot = 0, na = 0, nb = 0;
+  for (int i = 0; i < d; ++i) {
+    const double x = ref::from_bits(e, s.keys[static_cast<std::size_t>(a) * d + i]);
+    const double y = ref::from_bits(e, s.keys[static_cast<std::size_t>(b) * d + i]);
+    dot += x * y, na += x * x, nb += y * y;
+  }
+  return static_cast<float>(dot / std::sqrt(na * nb + 1e-300));
+}
+
+/// Intermediate arrays of the GPU compression, read from its workspace.
+struct GpuStages {
+  std::vector<std::int32_t> ws_off, budgets, order, vals, evicted;
+  std::vector<std::uint32_t> keys, sel_key;
+  std::vector<float> mass, score, inv_norm;
+  std::uint32_t sentinel = 0;
+};
+
+template <class T, class Q, class Layout>
+GpuStages run_gpu(DeviceLayer<T>& D, const HostLayer& L, const ref::Policy& pol, const Layout& layout,
+                  double* ms = nullptr) {
+  const sc::PolicyConfig cfg = gpu_config(pol);
+  sc::CompressShape shape;
+  shape.num_seqs = L.num_seqs();
+  shape.num_kv_heads = L.H;
+  shape.head_dim = L.d;
+  shape.window_tokens = L.W;
+  shape.group = L.G;
+  shape.max_length = L.max_len();
+  shape.total_length = L.total_len();
+  const std::size_t bytes = sc::compress_workspace_bytes<T, Q>(shape, cfg);
+  DeviceBuffer<unsigned char> ws(bytes);
+  CHECK_CUDA(cudaMemset(ws.ptr, 0xcd, bytes));  // poison
+  const auto kv = D.kv(layout);
+  const auto window = D.template window<Q>(L);
+  cudaEvent_t e0, e1;
+  CHECK_CUDA(cudaEventCreate(&e0));
+  CHECK_CUDA(cudaEventCreate(&e1));
+  CHECK_CUDA(cudaEventRecord(e0));
+  CHECK_CUDA(sc::compress_layer(kv, window, cfg, sc::BudgetRule{sc::BudgetKind::keep_fraction, pol.keep_fraction},
+                                nullptr, shape, ws.ptr, bytes));
+  CHECK_CUDA(cudaEventRecord(e1));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  float elapsed = 0;
+  CHECK_CUDA(cudaEventElapsedTime(&elapsed, e0, e1));
+  if (ms) *ms = elapsed;
+  CHECK_CUDA(cudaEventDestroy(e0));
+  CHECK_CUDA(cudaEventDestroy(e1));
+
+  GpuStages g;
+  const auto plan = sc::detail::make_plan<T, Q>(shape, cfg);
+  sc::detail::Carver carver(ws.ptr);
+  const auto b = sc::detail::carve<T>(carver, shape, plan);
+  const std::size_t S = static_cast<std::size_t>(shape.num_seqs), N = static_cast<std::size_t>(shape.total_length);
+  g.ws_off = download(b.ws_off, S + 1);
+  g.budgets = download(b.budgets, S);
+  g.order = download(b.order, N);
+  g.sel_key = download(b.sel_key, N);
+  if (plan.scored) {
+    g.mass = download(b.mass, N);
+    const auto parts = download(b.score_part, static_cast<std::size_t>(plan.groups) * N);
+    g.score.assign(N, 0.0f);
+    for (int gr = 0; gr < plan.groups; ++gr)
+      for (std::size_t i = 0; i < N; ++i) g.score[i] += parts[gr * N + i];
+  }
+  if (plan.merged) {
+    g.inv_norm = download(b.inv_norm, N);
+    g.keys = download(b.keys_in, N);
+    g.vals = download(b.vals_in, N);
+    g.evicted = download(b.evicted, S);
+  }
+  g.sentinel = plan.sentinel;
+  return g;
+}
+
+template <class T, class Q>
+HostLayer gpu_compress(const HostLayer& L, const ref::Policy& pol, LayoutKind kind, GpuStages* stages,
+                       double* ms = nullptr) {
+  DeviceLayer<T> D = upload<T>(L, kind, 1234);
+  GpuStages g = kind == LayoutKind::ragged ? run_gpu<T, Q>(D, L, pol, D.ragged(), ms)
+                                           : run_gpu<T, Q>(D, L, pol, D.paged(), ms);
+  if (stages) *stages = std::move(g);
+  return download(D, L);
+}
+
+HostLayer gpu_compress_any(const HostLayer& L, const ref::Policy& pol, LayoutKind kind, bool float_q,
+                           GpuStages* stages, double* ms = nullptr) {
+  if (L.elem == ref::Elem::bf16)
+    return float_q ? gpu_compress<sc::bf16, float>(L, pol, kind, stages, ms)
+                   : gpu_compress<sc::bf16, sc::bf16>(L, pol, kind, stages, ms);
+  return float_q ? gpu_compress<sc::fp16, float>(L, pol, kind, stages, ms)
+                 : gpu_compress<sc::fp16, sc::fp16>(L, pol, kind, stages, ms);
+}
+
+/// Compares two compressed layers entry by entry; `exact` demands identical bits.
+void compare_layers(const HostLayer& got, const HostLayer& want, const std::vector<char>& skip, bool exact, Result& r,
+                    double bias_tol = 2e-3) {
+  const int d = want.d;
+  for (int s = 0; s < want.num_seqs(); ++s) {
+    if (!skip.empty() && skip[s]) continue;
+    const ref::Seq& a = got.seq(s);
+    const ref::Seq& b = want.seq(s);
+    if (a.length != b.length) {
+      r.fail("seq " + std::to_string(s) + ": length " + std::to_string(a.length) + " vs " + std::to_string(b.length));
+      continue;
+    }
+    double worst = 0, worst_row = 0, bias_err = 0, score_err = 0;
+    long mismatched = 0;
+    // A merged value is a weighted mean: where it cancels to a small number its own ulp is tiny,
+    // so rounding differences are measured in ulps of the row's largest element (row_ulps) and, for
+    // information, of the element itself (element_ulps).
+    auto row_error = [&](const std::vector<std::uint16_t>& x, const std::vector<std::uint16_t>& y, int j) {
+      double big = 0, err = 0;
+      for (int i = 0; i < d; ++i) {
+        const double v = ref::from_bits(want.elem, y[static_cast<std::size_t>(j) * d + i]);
+        const double u = ref::from_bits(want.elem, x[static_cast<std::size_t>(j) * d + i]);
+        big = std::max(big, std::fabs(v));
+        err = std::max(err, std::isnan(u) ? 1e30 : std::fabs(u - v));
+      }
+      int ex = 0;
+      std::frexp(std::max(big, 1e-30), &ex);
+      return err / std::ldexp(1.0, ex - 1 - (want.elem == ref::Elem::bf16 ? 7 : 10));
+    };
+    for (int j = 0; j < b.length; ++j) {
+      if (a.pos[j] != b.pos[j]) {
+        r.fail("seq " + std::to_string(s) + ": position of entry " + std::to_string(j) + " is " +
+               std::to_string(a.pos[j]) + ", expected " + std::to_string(b.pos[j]));
+        break;
+      }
+      for (int i = 0; i < d; ++i) {
+        const std::size_t at = static_cast<std::size_t>(j) * d + i;
+        const double u = std::max(ulps(want.elem, a.keys[at], b.keys[at]), ulps(want.elem, a.values[at], b.values[at]));
+        if (u > 0) ++mismatched;
+        worst = std::max(worst, u);
+      }
+      worst_row = std::max({worst_row, row_error(a.keys, b.keys, j), row_error(a.values, b.values, j)});
+      const float ba = a.bias[j], bb = b.bias[j];
+      if (!(ba == bb)) {
+        const double e = (std::isinf(ba) || std::isinf(bb) || std::isnan(ba)) ? 1e30 : std::fabs(ba - bb);
+        bias_err = std::max(bias_err, e);
+      }
+      if (!b.scores.empty()) score_err = std::max(score_err, std::fabs(static_cast<double>(a.scores[j]) - b.scores[j]) /
+                                                                 (std::fabs(b.scores[j]) + 1e-6));
+    }
+    r.max_metric("value_element_ulps_max", worst);
+    r.max_metric("value_row_ulps_max", worst_row);
+    r.add_metric("value_elements_differing", static_cast<double>(mismatched));
+    r.max_metric("bias_abs_err_max", bias_err);
+    if (!b.scores.empty()) r.max_metric("score_rel_err_max", score_err);
+    if (exact && (worst > 0 || bias_err > 0 || score_err > 0))
+      r.fail("seq " + std::to_string(s) + ": not bit-identical (ulps " + std::to_string(worst) + ", bias " +
+             std::to_string(bias_err) + ")");
+    if (!exact && worst_row > 2.0)
+      r.fail("seq " + std::to_string(s) + ": keys/values differ by " + std::to_string(worst_row) + " ulps of the row's largest element");
+    if (!exact && bias_err > bias_tol) r.fail("seq " + std::to_string(s) + ": bias differs by " + std::to_string(bias_err));
+    if (!exact && score_err > 1e-4) r.fail("seq " + std::to_string(s) + ": accumulated score differs by " + std::to_string(score_err));
+  }
+}
+
+/// GPU against CPU for one layer and policy.
+Result check_compress(const std::string& group, const std::string& name, const HostLayer& L, const ref::Policy& pol,
+                      LayoutKind kind, bool float_q) {
+  std::fprintf(stderr, "[run] %s\n", name.c_str());
+  Result r;
+  r.group = group;
+  r.name = name;
+  // CPU reference.
+  HostLayer cpu = L;
+  std::vector<std::vector<std::size_t>> cpu_budgets;
+  for (auto& req : cpu.reqs) {
+    std::string error;
+    cpu_budgets.push_back(ref::budgets(L.elem, L.d, L.G, L.W, pol, req));
+    if (!ref::compress(L.elem, L.d, L.G, L.W, pol, req, &error)) {
+      r.fail("the CPU policy threw: " + error);
+      return r;
+    }
+  }
+  GpuStages g;
+  const HostLayer gpu = gpu_compress_any(L, pol, kind, float_q, &g);
+  const bool scored = pol.method != ref::Method::streaming_llm;
+  const bool merged = pol.method == ref::Method::simcalkv;
+  std::vector<char> skip(static_cast<std::size_t>(L.num_seqs()), 0);
+  int near_ties = 0;
+  double mass_err = 0, score_err = 0, inv_err = 0;
+  for (int s = 0; s < L.num_seqs(); ++s) {
+    const int b = s / L.H, h = s % L.H;
+    const ref::Seq& seq = L.seq(s);
+    const int n = seq.length;
+    const std::size_t B = cpu_budgets[b][h];
+    const std::int64_t off = g.ws_off[s];
+    if (static_cast<std::size_t>(g.budgets[s]) != B) {
+      // AdaKV budgets can move by one across heads when two scores tie to within rounding.
+      r.fail("seq " + std::to_string(s) + ": budget " + std::to_string(g.budgets[s]) + " vs CPU " + std::to_string(B));
+      skip[s] = 1;
+      continue;
+    }
+    const ref::Plan plan = ref::plan_head(L.elem, L.d, L.G, L.W, pol, L.reqs[b], h, B);
+    if (scored) {
+      double mx = 0, sx = 0;
+      for (int j = 0; j < n; ++j) mx = std::max(mx, static_cast<double>(plan.mass[j])), sx = std::max(sx, static_cast<double>(plan.score[j]));
+      for (int j = 0; j < n; ++j) {
+        mass_err = std::max(mass_err, std::fabs(g.mass[off + j] - plan.mass[j]) / (std::fabs(plan.mass[j]) + 1e-6 * mx));
+        score_err = std::max(score_err, std::fabs(g.score[off + j] - plan.score[j]) / (std::fabs(plan.score[j]) + 1e-6 * sx));
+        if (merged) inv_err = std::max(inv_err, std::fabs(g.inv_norm[off + j] - plan.inv_norm[j]) / (plan.inv_norm[j] + 1e-30));
+      }
+    }
+    // Selection.
+    if (B < static_cast<std::size_t>(n)) {
+      std::vector<std::uint32_t> keep(g.order.begin() + off, g.order.begin() + off + static_cast<std::int64_t>(B));
+      if (keep != plan.keep) {
+        // Near tie? The CPU's threshold score against the differing entries' scores.
+        bool tie = scored;
+        if (scored) {
+          float thr = std::numeric_limits<float>::infinity();
+          for (auto j : plan.keep) {
+            const bool prot = static_cast<int>(j) < pol.sinks || static_cast<int>(j) + (pol.recent >= 0 ? pol.recent : L.W) >= n;
+            if (!prot) thr = std::min(thr, plan.sel[j]);
+          }
+          std::vector<std::uint32_t> diff;
+          std::set_symmetric_difference(keep.begin(), keep.end(), plan.keep.begin(), plan.keep.end(), std::back_inserter(diff));
+          for (auto j : diff)
+            if (std::fabs(plan.sel[j] - thr) > 1e-4f * thr + 1e-12f) tie = false;
+        }
+        if (tie) {
+          ++near_ties;
+          r.note("seq " + std::to_string(s) + ": selection differs at a near tie");
+        } else {
+          r.fail("seq " + std::to_string(s) + ": selection differs from the CPU's");
+        }
+        skip[s] = 1;
+        continue;
+      }
+    }
+    // Assignment.
+    if (merged && B < static_cast<std::size_t>(n)) {
+      bool flip = false;
+      int evicted = 0;
+      for (std::size_t c = 0; c < plan.cand.size(); ++c) {
+        const std::uint32_t key = g.keys[off + B + c];
+        const int gs = key == g.sentinel ? -1 : static_cast<int>(key - off);
+        evicted += gs < 0;
+        if (gs == plan.slot[c]) continue;
+        const int e = static_cast<int>(plan.cand[c]);
+        const float sg = gs >= 0 ? cosine(seq, L.d, L.elem, e, static_cast<int>(plan.keep[gs])) : -2.0f;
+        const float sc_ = plan.slot[c] >= 0 ? cosine(seq, L.d, L.elem, e, static_cast<int>(plan.keep[plan.slot[c]])) : -2.0f;
+        const bool threshold_tie = (gs < 0 || plan.slot[c] < 0) && std::fabs(std::max(sg, sc_) - pol.threshold) < 1e-4f;
+        if (std::fabs(sg - sc_) < 1e-4f || threshold_tie) {
+          flip = true;
+        } else {
+          r.fail("seq " + std::to_string(s) + ": candidate " + std::to_string(c) + " goes to slot " + std::to_string(gs) +
+                 " (cos " + std::to_string(sg) + "), CPU slot " + std::to_string(plan.slot[c]) + " (cos " +
+                 std::to_string(sc_) + ")");
+          skip[s] = 1;
+          break;
+        }
+      }
+      if (evicted != g.evicted[s]) r.fail("seq " + std::to_string(s) + ": evicted count mismatch");
+      if (flip && !skip[s]) {
+        ++near_ties;
+        r.note("seq " + std::to_string(s) + ": assignment differs at a near tie");
+        skip[s] = 1;
+      }
+    }
+  }
+  if (scored) {
+    r.metrics["mass_rel_err_max"] = mass_err;
+    r.metrics["score_rel_err_max"] = score_err;
+    if (float_q ? (mass_err > 2e-3 || score_err > 2e-3) : (mass_err > 1e-4 || score_err > 1e-4))
+      r.fail("window scores differ from the CPU's");
+  }
+  if (merged) {
+    r.metrics["inv_norm_rel_err_max"] = inv_err;
+    if (inv_err > 1e-5) r.fail("key norms differ from the CPU's");
+  }
+  r.metrics["near_ties"] = near_ties;
+  r.metrics["seqs"] = L.num_seqs();
+  compare_layers(gpu, cpu, skip, false, r);
+  return r;
+}
+
+ref::Policy policy(ref::Method m) {
+  ref::Policy p;
+  p.method = m;
+  if (m == ref::Method::snapkv) p.pooling = ref::Pool::max;
+  return p;
+}
+
+HostLayer sub_layer(const HostLayer& L, int h0, int hs) {
+  HostLayer out = L;
+  out.H = hs;
+  for (std::size_t b = 0; b < L.reqs.size(); ++b) {
+    auto& r = out.reqs[b];
+    r.heads.assign(L.reqs[b].heads.begin() + h0, L.reqs[b].heads.begin() + h0 + hs);
+    const std::size_t per_head = static_cast<std::size_t>(L.W) * L.d;
+    r.queries.assign(L.reqs[b].queries.begin() + static_cast<std::ptrdiff_t>(h0 * L.G * per_head),
+                     L.reqs[b].queries.begin() + static_cast<std::ptrdiff_t>((h0 + hs) * L.G * per_head));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+void compress_matrix(bool quick) {
+  // Element type x head dim x group size, rotating layouts, window sizes and query types.
+  const int windows[] = {32, 7, 16, 5};
+  const LayoutKind layouts[] = {LayoutKind::ragged, LayoutKind::paged_per_head, LayoutKind::paged_shared};
+  int k = 0;
+  for (ref::Elem e : {ref::Elem::bf16, ref::Elem::fp16})
+    for (int d : {64, 128})
+      for (int G = 1; G <= 8; ++G, ++k) {
+        if (quick && G % 3 != 1) continue;
+        const int W = windows[k % 4];
+        const LayoutKind lay = layouts[k % 3];
+        const bool float_q = k % 2 == 1;
+        const int H = 2 + k % 3;
+        const HostLayer L = make_layer(e, d, H, G, W, 1 + k % 2, 301 + 37 * (k % 5), 100 + k, float_q, k % 4 == 0);
+        ref::Policy p = policy(ref::Method::simcalkv);
+        std::ostringstream name;
+        name << "SimCalKV " << elem_name(e) << " d" << d << " G" << G << " W" << W << " H" << H << " "
+             << layout_name(lay) << (float_q ? " f32-queries" : " 16-bit-queries");
+        g_results.push_back(check_compress("agreement: types x head dims x groups", name.str(), L, p, lay, float_q));
+      }
+}
+
+void policy_matrix(bool quick) {
+  struct V {
+    std::string name;
+    ref::Policy p;
+  };
+  std::vector<V> variants;
+  auto add = [&](const std::string& n, ref::Policy p) { variants.push_back({n, p}); };
+  add("StreamingLLM", policy(ref::Method::streaming_llm));
+  add("SnapKV max-pool", policy(ref::Method::snapkv));
+  {
+    auto p = policy(ref::Method::snapkv);
+    p.pooling = ref::Pool::avg;
+    p.pool_kernel = 5;
+    add("SnapKV avg-pool k5", p);
+  }
+  {
+    auto p = policy(ref::Method::snapkv);
+    p.pooling = ref::Pool::none;
+    p.sinks = 0;
+    p.recent = 3;
+    add("SnapKV no-pool sinks0 recent3", p);
+  }
+  add("SimCalKV bounded", policy(ref::Method::simcalkv));
+  for (auto [n, b] : {std::pair{"calibrated", ref::Bias::calibrated}, {"log_count", ref::Bias::log_count}, {"none", ref::Bias::none}}) {
+    auto p = policy(ref::Method::simcalkv);
+    p.bias = b;
+    add(std::string("SimCalKV ") + n, p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.merge_keys = false;
+    add("SimCalKV keep-keys", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.threshold = 0.35f;
+    add("SimCalKV threshold 0.35", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.radius = 5;
+    add("SimCalKV radius 5", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.exact = true;
+    add("SimCalKV exact", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.pooling = ref::Pool::max;
+    p.keep_fraction = 0.1;
+    p.recent = 8;
+    add("SimCalKV max-pool keep 0.1 recent 8", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.keep_fraction = 0.6;
+    add("SimCalKV keep 0.6", p);
+  }
+  {
+    auto p = policy(ref::Method::snapkv);
+    p.adakv = true;
+    add("AdaKV+SnapKV", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.adakv = true;
+    add("AdaKV+SimCalKV", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.adakv = true;
+    p.exact = true;
+    p.alpha = 0.5;
+    add("AdaKV+SimCalKV exact alpha 0.5", p);
+  }
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.keep_fraction = 1.0;
+    add("SimCalKV keep 1.0 (identity)", p);
+  }
+  int k = 0;
+  for (const auto& v : variants) {
+    for (LayoutKind lay : {LayoutKind::ragged, LayoutKind::paged_per_head, LayoutKind::paged_shared}) {
+      if (quick && lay != LayoutKind::ragged) continue;
+      const bool float_q = (k++ % 2) == 1;
+      const HostLayer L = make_layer(ref::Elem::bf16, 128, 4, 4, 32, 2, 700 + 3 * k, 500 + k, float_q, true);
+      g_results.push_back(check_compress("agreement: policies x layouts", v.name + " " + layout_name(lay), L, v.p, lay,
+                                         float_q));
+    }
+  }
+  // Long sequences: many score splits, compaction chunks and several row groups (G 8, W 32).
+  if (!quick) {
+    const HostLayer L = make_layer(ref::Elem::bf16, 128, 4, 8, 32, 1, 6007, 900, false, false);
+    for (bool exact : {false, true}) {
+      auto p = policy(ref::Method::simcalkv);
+      p.exact = exact;
+      p.keep_fraction = 0.25;
+      g_results.push_back(check_compress("agreement: long sequences", std::string("SimCalKV n~6000 G8 W32 ") + (exact ? "exact" : "local"),
+                                         L, p, LayoutKind::ragged, false));
+    }
+    const HostLayer L2 = make_layer(ref::Elem::fp16, 64, 2, 2, 32, 2, 4099, 901, true, false);
+    g_results.push_back(check_compress("agreement: long sequences", "SnapKV n~4100 fp16 d64", L2, policy(ref::Method::snapkv),
+                                       LayoutKind::paged_per_head, true));
+  }
+}
+
+/// Tensor parallelism: each head shard compressed on its own (its own buffers and window rows, as
+/// on its own GPU) gives the same bits as compressing the whole layer; AdaKV instead reallocates
+/// within the shard and then equals the CPU's AdaKV run on that shard.
+void shard_tests(bool quick) {
+  const HostLayer L = make_layer(ref::Elem::bf16, 128, 8, 4, 32, 2, 1501, 4242, false, true);
+  struct V {
+    std::string name;
+    ref::Policy p;
+  };
+  std::vector<V> per_head = {{"StreamingLLM", policy(ref::Method::streaming_llm)},
+                             {"SnapKV", policy(ref::Method::snapkv)},
+                             {"SimCalKV local", policy(ref::Method::simcalkv)}};
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.exact = true;
+    per_head.push_back({"SimCalKV exact", p});
+  }
+  for (const auto& v : per_head) {
+    const HostLayer whole = gpu_compress_any(L, v.p, LayoutKind::ragged, false, nullptr);
+    for (int shards : {2, 4, 8}) {
+      if (quick && shards != 2) continue;
+      Result r;
+      r.group = "tensor parallel: shard = whole layer";
+      r.name = v.name + ", " + std::to_string(shards) + " shards of " + std::to_string(8 / shards) + " heads";
+      const int hs = 8 / shards;
+      for (int sh = 0; sh < shards; ++sh) {
+        const HostLayer part = sub_layer(L, sh * hs, hs);
+        const HostLayer got = gpu_compress_any(part, v.p, LayoutKind::ragged, false, nullptr);
+        const HostLayer want = sub_layer(whole, sh * hs, hs);
+        compare_layers(got, want, {}, true, r);
+      }
+      g_results.push_back(r);
+    }
+  }
+  // AdaKV: per shard it equals the CPU's AdaKV on the shard; report how budgets move.
+  for (ref::Method m : {ref::Method::snapkv, ref::Method::simcalkv}) {
+    auto p = policy(m);
+    p.adakv = true;
+    const std::string pname = m == ref::Method::snapkv ? "AdaKV+SnapKV" : "AdaKV+SimCalKV";
+    for (int shards : {2, 4}) {
+      const int hs = 8 / shards;
+      for (int sh = 0; sh < shards; ++sh) {
+        const HostLayer part = sub_layer(L, sh * hs, hs);
+        Result r = check_compress("tensor parallel: AdaKV per shard = CPU AdaKV on the shard",
+                                  pname + ", shard " + std::to_string(sh) + " of " + std::to_string(shards), part, p,
+                                  LayoutKind::ragged, false);
+        // Budget movement against the whole layer's allocation (CPU), request 0.
+        const auto whole_b = ref::budgets(L.elem, L.d, L.G, L.W, p, L.reqs[0]);
+        const auto part_b = ref::budgets(L.elem, L.d, L.G, L.W, p, part.reqs[0]);
+        long whole_sum = 0, part_sum = 0, moved = 0;
+        for (int h = 0; h < hs; ++h) {
+          whole_sum += static_cast<long>(whole_b[sh * hs + h]);
+          part_sum += static_cast<long>(part_b[h]);
+          moved += std::labs(static_cast<long>(whole_b[sh * hs + h]) - static_cast<long>(part_b[h]));
+        }
+        r.metrics["shard_budget_sum"] = static_cast<double>(part_sum);
+        r.metrics["same_heads_budget_sum_in_whole_layer"] = static_cast<double>(whole_sum);
+        r.metrics["entries_moved_vs_whole_layer"] = static_cast<double>(moved);
+        g_results.push_back(r);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode attention
+
+template <class T, class O>
+void check_decode_t(const std::string& name, ref::Elem e, int d, int G, LayoutKind lay, const std::vector<int>& lens,
+                    int H, int splits, std::uint64_t seed) {
+  std::fprintf(stderr, "[run] %s\n", name.c_str());
+  Result r;
+  r.group = "agreement: decode attention";
+  r.name = name;
+  HostLayer L;
+  L.elem = e, L.d = d, L.H = H, L.G = G, L.W = 0;
+  Rng rng(seed);
+  const int requests = static_cast<int>(lens.size()) / H;
+  std::vector<float> q(static_cast<std::size_t>(requests) * H * G * d);
+  for (auto& x : q) x = ref::from_bits(e, ref::to_bits(e, 1.5f * rng.normal()));
+  for (int b = 0; b < requests; ++b) {
+    ref::Request req;
+    for (int h = 0; h < H; ++h) {
+      ref::Seq s;
+      const int n = lens[b * H + h];
+      std::vector<float> drift(static_cast<std::size_t>(d));
+      for (auto& x : drift) x = rng.normal();
+      for (int j = 0; j < n; ++j) {
+        for (int i = 0; i < d; ++i) {
+          drift[i] = 0.9f * drift[i] + 0.45f * rng.normal();
+          s.keys.push_back(ref::to_bits(e, drift[i]));
+          s.values.push_back(ref::to_bits(e, rng.normal()));
+        }
+        const float u = rng.uniform();
+        s.bias.push_back(u < 0.01f ? -std::numeric_limits<float>::infinity() : u < 0.2f ? std::log(1.0f + 4.0f * u) : 0.0f);
+        s.pos.push_back(j);
+      }
+      s.length = n;
+      req.heads.push_back(std::move(s));
+    }
+    L.reqs.push_back(std::move(req));
+  }
+  DeviceLayer<T> D = upload<T>(L, lay, seed + 1, 3);
+  std::vector<std::uint16_t> qt;
+  for (float x : q) qt.push_back(ref::to_bits(e, x));
+  DeviceBuffer<T> dq(qt.size());
+  CHECK_CUDA(cudaMemcpy(dq.ptr, qt.data(), qt.size() * 2, cudaMemcpyHostToDevice));
+  DeviceBuffer<O> dout(q.size());
+  CHECK_CUDA(cudaMemset(dout.ptr, 0xff, q.size() * sizeof(O)));
+  sc::DecodeShape shape{L.num_seqs(), H, d, G, L.max_len(), splits};
+  sc::DecodeIO<T, O> io;
+  io.q = dq.ptr, io.q_request_stride = static_cast<std::int64_t>(H) * G * d, io.q_head_stride = d;
+  io.out = dout.ptr, io.out_request_stride = io.q_request_stride, io.out_head_stride = d;
+  const std::size_t bytes = sc::decode_workspace_bytes(shape);
+  DeviceBuffer<unsigned char> ws(bytes);
+  if (lay == LayoutKind::ragged)
+    CHECK_CUDA(sc::decode_attention(D.kv(D.ragged()), io, shape, ws.ptr, bytes));
+  else
+    CHECK_CUDA(sc::decode_attention(D.kv(D.paged()), io, shape, ws.ptr, bytes));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const auto out = dout.download();
+  double worst = 0;
+  for (int s = 0; s < L.num_seqs(); ++s) {
+    std::vector<float> want(static_cast<std::size_t>(G) * d);
+    const int b = s / H, h = s % H;
+    const float* qs = q.data() + (static_cast<std::size_t>(b) * H + h) * G * d;
+    ref::decode(e, d, G, L.seq(s), qs, want.data());
+    for (int g = 0; g < G; ++g) {
+      double num = 0, den = 0;
+      for (int i = 0; i < d; ++i) {
+        const std::size_t at = ((static_cast<std::size_t>(b) * H + h) * G + g) * d + i;
+        float got;
+        if constexpr (std::is_same_v<O, float>) got = out[at];
+        else {
+          std::uint16_t bits;
+          std::memcpy(&bits, &out[at], 2);
+          got = ref::from_bits(e, bits);
+        }
+        const double w = want[static_cast<std::size_t>(g) * d + i];
+        num += (got - w) * (got - w);
+        den += w * w;
+      }
+      const double rel = std::sqrt(num / (den + 1e-30));
+      worst = std::max(worst, std::isnan(rel) ? 1e30 : rel);
+    }
+  }
+  r.metrics["rel_l2_err_max"] = worst;
+  r.metrics["splits"] = sc::detail::decode_splits(shape);
+  const double tol = std::is_same_v<O, float> ? 1e-4 : 1e-2;
+  if (worst > tol) r.fail("decode output differs from the CPU's by " + std::to_string(worst));
+  g_results.push_back(r);
+}
+
+void decode_matrix(bool quick) {
+  int k = 0;
+  const LayoutKind layouts[] = {LayoutKind::ragged, LayoutKind::paged_per_head, LayoutKind::paged_shared};
+  for (ref::Elem e : {ref::Elem::bf16, ref::Elem::fp16})
+    for (int d : {64, 128})
+      for (int G = 1; G <= 8; ++G, ++k) {
+        if (quick && G % 3 != 1) continue;
+        const LayoutKind lay = layouts[k % 3];
+        const std::vector<int> lens = {1, 33, 517, 4099, 9001 - 2 * k, 65};
+        std::ostringstream name;
+        name << "decode " << elem_name(e) << " d" << d << " G" << G << " " << layout_name(lay);
+        if (e == ref::Elem::bf16)
+          check_decode_t<sc::bf16, float>(name.str(), e, d, G, lay, lens, 2, 0, 77 + k);
+        else
+          check_decode_t<sc::fp16, float>(name.str(), e, d, G, lay, lens, 2, 0, 77 + k);
+      }
+  check_decode_t<sc::bf16, sc::bf16>("decode bf16 out d128 G4 ragged, 1 split", ref::Elem::bf16, 128, 4, LayoutKind::ragged,
+                                     {700, 1201}, 1, 1, 5);
+  check_decode_t<sc::bf16, float>("decode bf16 d128 G4 ragged, 7 splits", ref::Elem::bf16, 128, 4, LayoutKind::ragged,
+                                  {700, 1201}, 1, 7, 6);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path, only;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) json_path = argv[++i];
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    else if (a == "--quick") quick = true;
+  }
+  auto want = [&](const char* g) { return only.empty() || only == g; };
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (want("types")) compress_matrix(quick);
+  if (want("policies")) policy_matrix(quick);
+  if (want("shards")) shard_tests(quick);
+  if (want("decode")) decode_matrix(quick);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+
+  int failed = 0, near_ties = 0;
+  std::string last_group;
+  for (const auto& r : g_results) {
+    if (r.group != last_group) std::printf("\n== %s\n", (last_group = r.group).c_str());
+    std::printf("%s  %s", r.pass ? "PASS" : "FAIL", r.name.c_str());
+    for (const auto& [k, v] : r.metrics) std::printf("  %s=%.3g", k.c_str(), v);
+    std::printf("\n");
+    for (const auto& n : r.notes) std::printf("      %s\n", n.c_str());
+    failed += !r.pass;
+    auto it = r.metrics.find("near_ties");
+    if (it != r.metrics.end()) near_ties += static_cast<int>(it->second);
+  }
+  std::printf("\n%zu cases, %d failed, %d sequences with near ties; %.1f s\n", g_results.size(), failed, near_ties, secs);
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    f << "{\n  \"device\": \"" << prop.name << "\",\n  \"cases\": " << g_results.size() << ",\n  \"failed\": " << failed
+      << ",\n  \"near_tie_sequences\": " << near_ties << ",\n  \"results\": [\n";
+    for (std::size_t i = 0; i < g_results.size(); ++i) {
+      const auto& r = g_results[i];
+      f << "    {\"group\": \"" << r.group << "\", \"name\": \"" << r.name << "\", \"pass\": " << (r.pass ? "true" : "false");
+      for (const auto& [k, v] : r.metrics) f << ", \"" << k << "\": " << (std::isfinite(v) ? v : -1.0);
+      f << ", \"notes\": [";
+      for (std::size_t n = 0; n < r.notes.size(); ++n) {
+        std::string s = r.notes[n];
+        for (auto& ch : s)
+          if (ch == '"' || ch == '\\') ch = '\'';
+        f << (n ? ", " : "") << "\"" << s << "\"";
+      }
+      f << "]}" << (i + 1 < g_results.size() ? ",\n" : "\n");
+    }
+    f << "  ]\n}\n";
+  }
+  return failed == 0 ? 0 : 1;
+}
