@@ -1,0 +1,569 @@
+// GPU benchmarks of the CUDA kernels, one run, written as JSON (benchmarks/cuda/run_device.sh
+// runs it next to the PyTorch baselines; summarize.py turns both into benchmarks/results/).
+//
+//  copy       cudaMemcpy device-to-device bandwidth, counting bytes read plus bytes written
+//  compress   all 32 layers of a Llama-3.1-8B-shaped cache (bf16, 8 KV heads, head dim 128, 32 query
+//             heads, window 32) at 32k tokens, one request: StreamingLLM, SnapKV, SimCalKV (local and
+//             exact search), AdaKV+SimCalKV; every repetition restores the cache first (untimed)
+//  decode     biased split-KV decode attention over the ragged and the paged layout, 8k-32k tokens
+//             per head, batches of about 2 GiB of K and V: bytes read / time against copy bandwidth
+//  batch      one layer's decode attention for the batch that fits a fixed KV budget when the cache
+//             is compressed 1x, 2x, 4x, 8x (32k context); the dense part of the step comes from
+//             torch_baselines.py (same card, same run)
+//
+//   bench_cuda [--json FILE] [--quick] [--kv-budget-gib 40]
+#include <simcalkv/cuda/simcalkv.cuh>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#define CHECK_CUDA(expr)                                                                                       \
+  do {                                                                                                         \
+    const cudaError_t e_ = (expr);                                                                             \
+    if (e_ != cudaSuccess) {                                                                                   \
+      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #expr); \
+      std::exit(2);                                                                                            \
+    }                                                                                                          \
+  } while (0)
+
+namespace sc = simcalkv::cuda;
+
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Device-side random data (a counter hash), so gigabytes need no host generation.
+
+__device__ __forceinline__ uint32_t hash32(uint64_t x) {
+  x ^= x >> 33;
+  x *= 0xff51afd7ed558ccdull;
+  x ^= x >> 33;
+  x *= 0xc4ceb9fe1a85ec53ull;
+  x ^= x >> 33;
+  return static_cast<uint32_t>(x);
+}
+__device__ __forceinline__ float unit(uint64_t x) { return (hash32(x) >> 8) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }
+
+/// Keys with positional locality: a smooth drift per dimension plus noise; values uniform noise.
+__global__ void fill_kv(sc::bf16* k, sc::bf16* v, int64_t rows, int d, uint64_t seed) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows * d;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = i / d;
+    const int c = static_cast<int>(i % d);
+    const float phase = 6.2831853f * (hash32(seed * 977 + c) & 1023) / 1024.0f;
+    const float freq = 0.002f + 0.02f * ((hash32(seed * 131 + c) & 255) / 256.0f);
+    k[i] = __float2bfloat16_rn(1.5f * sinf(freq * static_cast<float>(r % 65536) + phase) + 0.5f * unit(seed * 7 + i));
+    v[i] = __float2bfloat16_rn(unit(seed * 11 + i));
+  }
+}
+template <class T>
+__global__ void fill_uniform(T* x, int64_t n, float scale, uint64_t seed) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const float u = scale * unit(seed * 13 + i);
+    if constexpr (std::is_same_v<T, float>) x[i] = u;
+    else x[i] = __float2bfloat16_rn(u);
+  }
+}
+__global__ void fill_positions(int32_t* pos, int64_t rows, int per_seq) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    pos[i] = static_cast<int32_t>(i % per_seq);
+}
+
+template <class U>
+U* dalloc(std::size_t n) {
+  U* p = nullptr;
+  CHECK_CUDA(cudaMalloc(&p, std::max<std::size_t>(n, 1) * sizeof(U)));
+  return p;
+}
+
+struct Timer {
+  cudaEvent_t a, b;
+  Timer() {
+    CHECK_CUDA(cudaEventCreate(&a));
+    CHECK_CUDA(cudaEventCreate(&b));
+  }
+  ~Timer() {
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+  }
+  void start() { CHECK_CUDA(cudaEventRecord(a)); }
+  double stop_ms() {
+    CHECK_CUDA(cudaEventRecord(b));
+    CHECK_CUDA(cudaEventSynchronize(b));
+    float ms = 0;
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
+    return ms;
+  }
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+std::ostringstream g_json;
+bool g_first = true;
+void json_item(const std::string& s) {
+  g_json << (g_first ? "\n    " : ",\n    ") << s;
+  g_first = false;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+double copy_bandwidth() {
+  const std::size_t bytes = std::size_t{2} << 30;
+  char* a = dalloc<char>(bytes);
+  char* b = dalloc<char>(bytes);
+  CHECK_CUDA(cudaMemset(a, 1, bytes));
+  Timer t;
+  std::vector<double> ms;
+  for (int i = 0; i < 12; ++i) {
+    t.start();
+    CHECK_CUDA(cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice));
+    const double x = t.stop_ms();
+    if (i >= 2) ms.push_back(x);
+  }
+  CHECK_CUDA(cudaFree(a));
+  CHECK_CUDA(cudaFree(b));
+  const double m = median(ms);
+  return 2.0 * static_cast<double>(bytes) / (m * 1e-3) / 1e9;  // GB/s, read + write
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compression of a whole model's cache
+
+/// All 32 layers in one allocation (as in an engine's KV pool), so the whole model can also be
+/// compressed by one call whose "requests" are the layers (each layer's heads stay a request).
+struct ModelCache {
+  int layers = 32, H = 8, d = 128, G = 4, W = 32, n = 32768, requests = 1;
+  sc::bf16 *k = nullptr, *v = nullptr, *k0 = nullptr, *v0 = nullptr;
+  float* bias = nullptr;
+  int32_t *pos = nullptr, *lengths = nullptr;
+  int64_t* offsets = nullptr;  // [layers * S]: sequence s of the pool starts at row s * n
+  sc::bf16* q_bf16 = nullptr;
+  float* q_f32 = nullptr;
+  int32_t* wpos = nullptr;
+
+  [[nodiscard]] int S() const { return requests * H; }
+  [[nodiscard]] int64_t rows() const { return static_cast<int64_t>(S()) * n; }
+  [[nodiscard]] int64_t all_rows() const { return rows() * layers; }
+
+  void allocate() {
+    std::vector<int64_t> off(static_cast<std::size_t>(layers) * S());
+    for (std::size_t s = 0; s < off.size(); ++s) off[s] = static_cast<int64_t>(s) * n;
+    offsets = dalloc<int64_t>(off.size());
+    CHECK_CUDA(cudaMemcpy(offsets, off.data(), off.size() * sizeof(int64_t), cudaMemcpyHostToDevice));
+    k = dalloc<sc::bf16>(all_rows() * d), v = dalloc<sc::bf16>(all_rows() * d);
+    k0 = dalloc<sc::bf16>(all_rows() * d), v0 = dalloc<sc::bf16>(all_rows() * d);
+    bias = dalloc<float>(all_rows()), pos = dalloc<int32_t>(all_rows());
+    lengths = dalloc<int32_t>(static_cast<std::size_t>(layers) * S());
+    for (int l = 0; l < layers; ++l) {
+      fill_kv<<<4096, 256>>>(k0 + l * rows() * d, v0 + l * rows() * d, rows(), d, 1000 + l);
+      CHECK_CUDA(cudaGetLastError());
+    }
+    const int64_t qn = static_cast<int64_t>(requests) * H * G * W * d;
+    q_bf16 = dalloc<sc::bf16>(qn);
+    q_f32 = dalloc<float>(qn);
+    fill_uniform<<<256, 256>>>(q_f32, qn, 2.0f, 77);
+    fill_uniform<<<256, 256>>>(q_bf16, qn, 2.0f, 77);
+    std::vector<int32_t> wp(static_cast<std::size_t>(requests) * W);
+    for (int b = 0; b < requests; ++b)
+      for (int t = 0; t < W; ++t) wp[b * W + t] = n - W + t;
+    wpos = dalloc<int32_t>(wp.size());
+    CHECK_CUDA(cudaMemcpy(wpos, wp.data(), wp.size() * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaDeviceSynchronize());
+  }
+  void restore() {
+    std::vector<int32_t> len(static_cast<std::size_t>(layers) * S(), n);
+    CHECK_CUDA(cudaMemcpyAsync(k, k0, all_rows() * d * 2, cudaMemcpyDeviceToDevice));
+    CHECK_CUDA(cudaMemcpyAsync(v, v0, all_rows() * d * 2, cudaMemcpyDeviceToDevice));
+    CHECK_CUDA(cudaMemsetAsync(bias, 0, all_rows() * 4));
+    fill_positions<<<4096, 256>>>(pos, all_rows(), n);
+    CHECK_CUDA(cudaMemcpyAsync(lengths, len.data(), len.size() * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaDeviceSynchronize());
+  }
+  void release() {
+    cudaFree(k), cudaFree(v), cudaFree(k0), cudaFree(v0), cudaFree(bias), cudaFree(pos), cudaFree(lengths);
+    cudaFree(offsets), cudaFree(q_bf16), cudaFree(q_f32), cudaFree(wpos);
+  }
+  /// Layer l alone (its 8 sequences), or the whole model (l = -1: 32 x 8 sequences).
+  sc::LayerKV<sc::bf16, sc::RaggedLayout> layer(int l) const {
+    const int64_t base = l < 0 ? 0 : l * rows();
+    sc::LayerKV<sc::bf16, sc::RaggedLayout> kv;
+    kv.keys = k + base * d, kv.values = v + base * d, kv.key_stride = d, kv.value_stride = d;
+    kv.bias = bias + base, kv.positions = pos + base, kv.lengths = lengths + (l < 0 ? 0 : l * S());
+    kv.layout = sc::RaggedLayout{offsets};
+    kv.num_seqs = l < 0 ? layers * S() : S(), kv.num_kv_heads = H, kv.head_dim = d;
+    return kv;
+  }
+  template <class Q>
+  sc::WindowArgs<Q> window(bool model = false) const {
+    sc::WindowArgs<Q> w;
+    if constexpr (std::is_same_v<Q, float>) w.queries = q_f32;
+    else w.queries = q_bf16;
+    // The model-level call sees each layer as a request; the benchmark's layers share one window.
+    w.request_stride = model ? 0 : static_cast<int64_t>(H) * G * W * d;
+    w.head_stride = static_cast<int64_t>(W) * d;
+    w.token_stride = d;
+    w.positions = wpos;
+    w.position_request_stride = model ? 0 : W;
+    w.num_tokens = W;
+    w.group = G;
+    return w;
+  }
+  sc::CompressShape shape(bool model = false) const {
+    sc::CompressShape s;
+    s.num_seqs = (model ? layers : 1) * S(), s.num_kv_heads = H, s.head_dim = d, s.window_tokens = W, s.group = G;
+    s.max_length = n, s.total_length = (model ? layers : 1) * rows();
+    return s;
+  }
+};
+
+/// Records an event after every stage of compress_layer; stage time = time since the previous mark.
+struct EventHook : sc::detail::StageHook {
+  std::vector<std::pair<std::string, cudaEvent_t>> marks;
+  void mark(const char* stage, cudaStream_t stream) override {
+    cudaEvent_t e;
+    CHECK_CUDA(cudaEventCreate(&e));
+    CHECK_CUDA(cudaEventRecord(e, stream));
+    marks.emplace_back(stage, e);
+  }
+};
+
+template <class Q>
+void bench_compress(ModelCache& m, const std::string& name, const sc::PolicyConfig& cfg, double keep, int reps,
+                    bool profile = false, bool graph = false) {
+  const auto shape = m.shape();
+  const std::size_t bytes = sc::compress_workspace_bytes<sc::bf16, Q>(shape, cfg);
+  void* ws = dalloc<unsigned char>(bytes);
+  const sc::BudgetRule rule{sc::BudgetKind::keep_fraction, keep};
+  sc::SeqStats* stats = dalloc<sc::SeqStats>(m.S());
+  Timer t;
+  std::vector<double> ms;
+  for (int r = 0; r < reps + 1; ++r) {
+    m.restore();
+    t.start();
+    for (int l = 0; l < m.layers; ++l)
+      CHECK_CUDA(sc::compress_layer(m.layer(l), m.template window<Q>(), cfg, rule, nullptr, shape, ws, bytes, nullptr,
+                                    l == m.layers - 1 ? stats : nullptr));
+    const double x = t.stop_ms();
+    if (r > 0 || reps == 0) ms.push_back(x);
+  }
+  std::vector<sc::SeqStats> st(m.S());
+  CHECK_CUDA(cudaMemcpy(st.data(), stats, st.size() * sizeof(sc::SeqStats), cudaMemcpyDeviceToHost));
+  long before = 0, after = 0, merged = 0, evicted = 0;
+  for (const auto& x : st) before += x.before, after += x.after, merged += x.merged, evicted += x.evicted;
+  const double med = median(ms);
+  std::printf("compress %-22s keep %.2f  %8.3f ms for %d layers (%.3f ms/layer)  last layer: %ld -> %ld entries, %ld merged, %ld evicted; workspace %.1f MiB\n",
+              name.c_str(), keep, med, m.layers, med / m.layers, before, after, merged, evicted,
+              static_cast<double>(bytes) / (1 << 20));
+  std::ostringstream o;
+  o << "{\"bench\": \"compress\", \"policy\": \"" << name << "\", \"keep\": " << keep << ", \"layers\": " << m.layers
+    << ", \"kv_heads\": " << m.H << ", \"head_dim\": " << m.d << ", \"group\": " << m.G << ", \"window\": " << m.W
+    << ", \"tokens\": " << m.n << ", \"queries\": \"" << (std::is_same_v<Q, float> ? "f32" : "bf16")
+    << "\", \"ms_median\": " << med << ", \"reps\": " << ms.size() << ", \"workspace_bytes\": " << bytes
+    << ", \"entries_before_last_layer\": " << before << ", \"entries_after_last_layer\": " << after
+    << ", \"merged_last_layer\": " << merged << ", \"evicted_last_layer\": " << evicted;
+
+  {
+    // The whole model in one call: 32 layers x 8 KV heads = 256 sequences, layers as requests.
+    const auto mshape = m.shape(true);
+    const std::size_t mbytes = sc::compress_workspace_bytes<sc::bf16, Q>(mshape, cfg);
+    void* mws = dalloc<unsigned char>(mbytes);
+    std::vector<double> mms;
+    for (int r = 0; r < reps + 1; ++r) {
+      m.restore();
+      t.start();
+      CHECK_CUDA(sc::compress_layer(m.layer(-1), m.template window<Q>(true), cfg, rule, nullptr, mshape, mws, mbytes));
+      const double x = t.stop_ms();
+      if (r > 0 || reps == 0) mms.push_back(x);
+    }
+    const double mm = median(mms);
+    std::printf("         %-22s keep %.2f  %8.3f ms for all %d layers in one call (256 sequences; workspace %.0f MiB)\n",
+                name.c_str(), keep, mm, m.layers, static_cast<double>(mbytes) / (1 << 20));
+    o << ", \"model_call_ms_median\": " << mm << ", \"model_call_workspace_bytes\": " << mbytes;
+    CHECK_CUDA(cudaFree(mws));
+  }
+  if (graph) {
+    // The 32 layers captured into one CUDA graph (how an engine replays fixed-shape work).
+    cudaStream_t stream;
+    CHECK_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    cudaGraph_t g = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    cudaError_t err = cudaStreamBeginCapture(stream, cudaStreamCaptureModeRelaxed);
+    for (int l = 0; l < m.layers && err == cudaSuccess; ++l)
+      err = sc::compress_layer(m.layer(l), m.template window<Q>(), cfg, rule, nullptr, shape, ws, bytes, stream);
+    const cudaError_t end = cudaStreamEndCapture(stream, &g);
+    if (err == cudaSuccess) err = end;
+    if (err == cudaSuccess) err = cudaGraphInstantiate(&exec, g, 0);
+    if (err == cudaSuccess) {
+      std::vector<double> gms;
+      cudaEvent_t a, b;
+      CHECK_CUDA(cudaEventCreate(&a));
+      CHECK_CUDA(cudaEventCreate(&b));
+      for (int r = 0; r < reps + 1; ++r) {
+        m.restore();
+        CHECK_CUDA(cudaEventRecord(a, stream));
+        CHECK_CUDA(cudaGraphLaunch(exec, stream));
+        CHECK_CUDA(cudaEventRecord(b, stream));
+        CHECK_CUDA(cudaEventSynchronize(b));
+        float x = 0;
+        CHECK_CUDA(cudaEventElapsedTime(&x, a, b));
+        if (r > 0) gms.push_back(x);
+      }
+      const double gm = median(gms);
+      std::printf("         %-22s keep %.2f  %8.3f ms for %d layers as one CUDA graph\n", name.c_str(), keep, gm, m.layers);
+      o << ", \"graph_ms_median\": " << gm;
+      cudaGraphExecDestroy(exec);
+      cudaEventDestroy(a);
+      cudaEventDestroy(b);
+    } else {
+      std::printf("         graph capture failed: %s\n", cudaGetErrorString(err));
+      o << ", \"graph_error\": \"" << cudaGetErrorString(err) << "\"";
+      cudaGetLastError();
+    }
+    if (g) cudaGraphDestroy(g);
+    CHECK_CUDA(cudaStreamDestroy(stream));
+  }
+  if (profile) {
+    m.restore();
+    EventHook hook;
+    sc::detail::stage_hook() = &hook;
+    cudaEvent_t start;
+    CHECK_CUDA(cudaEventCreate(&start));
+    CHECK_CUDA(cudaEventRecord(start, nullptr));
+    for (int l = 0; l < m.layers; ++l)
+      CHECK_CUDA(sc::compress_layer(m.layer(l), m.template window<Q>(), cfg, rule, nullptr, shape, ws, bytes));
+    CHECK_CUDA(cudaDeviceSynchronize());
+    sc::detail::stage_hook() = nullptr;
+    std::vector<std::pair<std::string, double>> totals;
+    cudaEvent_t prev = start;
+    for (auto& [stage, e] : hook.marks) {
+      float x = 0;
+      CHECK_CUDA(cudaEventElapsedTime(&x, prev, e));
+      prev = e;
+      auto it = std::find_if(totals.begin(), totals.end(), [&](const auto& p) { return p.first == stage; });
+      if (it == totals.end()) totals.emplace_back(stage, x);
+      else it->second += x;
+    }
+    std::printf("         stages (ms over %d layers, with an event per stage):", m.layers);
+    o << ", \"stages_ms\": {";
+    bool first = true;
+    for (const auto& [stage, x] : totals) {
+      std::printf(" %s %.2f;", stage.c_str(), x);
+      o << (first ? "" : ", ") << "\"" << stage << "\": " << x;
+      first = false;
+    }
+    std::printf("\n");
+    o << "}";
+    for (auto& [stage, e] : hook.marks) cudaEventDestroy(e);
+    cudaEventDestroy(start);
+  }
+  o << "}";
+  json_item(o.str());
+  CHECK_CUDA(cudaFree(ws));
+  CHECK_CUDA(cudaFree(stats));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Decode attention
+
+struct DecodeData {
+  int S = 0, H = 8, G = 4, d = 128, n = 0, requests = 0;
+  sc::bf16 *k = nullptr, *v = nullptr, *q = nullptr, *out = nullptr;
+  float* bias = nullptr;
+  int32_t *pos = nullptr, *lengths = nullptr, *table = nullptr;
+  int64_t* offsets = nullptr;
+  int page = 16;
+  void* ws = nullptr;
+  std::size_t ws_bytes = 0;
+
+  void allocate(int reqs, int len, bool paged_table) {
+    requests = reqs, n = len, S = reqs * H;
+    const int64_t rows = static_cast<int64_t>(S) * n;
+    k = dalloc<sc::bf16>(rows * d), v = dalloc<sc::bf16>(rows * d);
+    bias = dalloc<float>(rows), pos = dalloc<int32_t>(rows);
+    fill_kv<<<4096, 256>>>(k, v, rows, d, 5 + len);
+    fill_uniform<<<4096, 256>>>(bias, rows, 0.5f, 9);
+    fill_positions<<<1024, 256>>>(pos, rows, n);
+    q = dalloc<sc::bf16>(static_cast<int64_t>(reqs) * H * G * d);
+    fill_uniform<<<64, 256>>>(q, static_cast<int64_t>(reqs) * H * G * d, 2.0f, 3);
+    out = dalloc<sc::bf16>(static_cast<int64_t>(reqs) * H * G * d);
+    std::vector<int32_t> len_h(S, n);
+    lengths = dalloc<int32_t>(S);
+    CHECK_CUDA(cudaMemcpy(lengths, len_h.data(), S * 4, cudaMemcpyHostToDevice));
+    std::vector<int64_t> off(S);
+    for (int s = 0; s < S; ++s) off[s] = static_cast<int64_t>(s) * n;
+    offsets = dalloc<int64_t>(S);
+    CHECK_CUDA(cudaMemcpy(offsets, off.data(), S * 8, cudaMemcpyHostToDevice));
+    if (paged_table) {
+      // Per-head tables over pages of 16 rows, pages shuffled so that no sequence is contiguous.
+      const int pages_per = n / page;
+      const int pages = S * pages_per;
+      std::vector<int32_t> ids(pages);
+      for (int i = 0; i < pages; ++i) ids[i] = i;
+      uint64_t x = 88172645463325252ull;
+      for (int i = pages - 1; i > 0; --i) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        std::swap(ids[i], ids[x % static_cast<uint64_t>(i + 1)]);
+      }
+      table = dalloc<int32_t>(pages);
+      CHECK_CUDA(cudaMemcpy(table, ids.data(), pages * 4, cudaMemcpyHostToDevice));
+    }
+    CHECK_CUDA(cudaDeviceSynchronize());
+  }
+  void release() {
+    cudaFree(k), cudaFree(v), cudaFree(bias), cudaFree(pos), cudaFree(q), cudaFree(out), cudaFree(lengths);
+    cudaFree(offsets);
+    if (table) cudaFree(table);
+    if (ws) cudaFree(ws);
+    *this = DecodeData{};
+  }
+  template <class Layout>
+  sc::LayerKV<sc::bf16, Layout> kv(const Layout& layout) const {
+    sc::LayerKV<sc::bf16, Layout> l;
+    l.keys = k, l.values = v, l.key_stride = d, l.value_stride = d, l.bias = bias, l.positions = pos;
+    l.lengths = lengths, l.layout = layout, l.num_seqs = S, l.num_kv_heads = H, l.head_dim = d;
+    return l;
+  }
+  sc::DecodeIO<sc::bf16, sc::bf16> io() const {
+    sc::DecodeIO<sc::bf16, sc::bf16> o;
+    o.q = q, o.q_request_stride = static_cast<int64_t>(H) * G * d, o.q_head_stride = d;
+    o.out = out, o.out_request_stride = o.q_request_stride, o.out_head_stride = d;
+    return o;
+  }
+  template <class Layout>
+  double time_ms(const Layout& layout, int reps, bool tensor_cores = true) {
+    sc::DecodeShape shape{S, H, d, G, n, 0, tensor_cores};
+    const std::size_t need = sc::decode_workspace_bytes(shape);
+    if (need > ws_bytes) {
+      if (ws) CHECK_CUDA(cudaFree(ws));
+      ws = dalloc<unsigned char>(need);
+      ws_bytes = need;
+    }
+    const auto l = kv(layout);
+    const auto o = io();
+    for (int i = 0; i < 3; ++i) CHECK_CUDA(sc::decode_attention(l, o, shape, ws, ws_bytes));
+    Timer t;
+    std::vector<double> ms;
+    for (int i = 0; i < reps; ++i) {
+      t.start();
+      CHECK_CUDA(sc::decode_attention(l, o, shape, ws, ws_bytes));
+      ms.push_back(t.stop_ms());
+    }
+    return median(ms);
+  }
+  [[nodiscard]] double bytes() const { return static_cast<double>(S) * n * (2.0 * d * 2 + 4); }
+};
+
+void bench_decode(double copy_gbs, bool quick) {
+  const int lens[] = {2048, 8192, 16384, 32768};
+  for (int n : lens) {
+    if (quick && n != 8192) continue;
+    const double target = 2.0 * (1 << 30);
+    const int reqs = std::max(1, static_cast<int>(target / (8.0 * n * 516.0)));
+    DecodeData D;
+    D.allocate(reqs, n, true);
+    const double t_ragged = D.time_ms(sc::RaggedLayout{D.offsets}, 30);
+    const double t_paged = D.time_ms(sc::PagedLayout{D.table, n / D.page, D.page, 1}, 30);
+    const double t_fma = D.time_ms(sc::RaggedLayout{D.offsets}, 30, false);
+    const double gb = D.bytes() / 1e9;
+    const double bw_r = gb / (t_ragged * 1e-3), bw_p = gb / (t_paged * 1e-3), bw_f = gb / (t_fma * 1e-3);
+    std::printf("decode n=%-6d batch %3d x 8 KV heads, G 4: ragged %.3f ms = %.0f GB/s (%.2f of copy), paged %.3f ms = %.0f GB/s (%.2f); CUDA-core kernel %.3f ms (%.2f)\n",
+                n, reqs, t_ragged, bw_r, bw_r / copy_gbs, t_paged, bw_p, bw_p / copy_gbs, t_fma, bw_f / copy_gbs);
+    std::ostringstream o;
+    o << "{\"bench\": \"decode\", \"tokens_per_head\": " << n << ", \"requests\": " << reqs << ", \"kv_heads\": 8, \"group\": 4"
+      << ", \"head_dim\": 128, \"bytes\": " << D.bytes() << ", \"ragged_ms\": " << t_ragged << ", \"paged_ms\": " << t_paged
+      << ", \"ragged_gbs\": " << bw_r << ", \"paged_gbs\": " << bw_p << ", \"ragged_fraction_of_copy\": " << bw_r / copy_gbs
+      << ", \"paged_fraction_of_copy\": " << bw_p / copy_gbs << ", \"cuda_core_kernel_ms\": " << t_fma
+      << ", \"cuda_core_kernel_fraction_of_copy\": " << bw_f / copy_gbs << "}";
+    json_item(o.str());
+    D.release();
+  }
+}
+
+/// One layer's decode attention for the batch that fits `budget_gib` of KV (K, V, bias, position:
+/// 520 bytes per entry per KV head) with 32k-token contexts compressed by each factor.
+void bench_batch(double budget_gib) {
+  const int layers = 32, H = 8, context = 32768;
+  for (int f : {1, 2, 4, 8}) {
+    const int n = context / f;
+    const double per_request = static_cast<double>(layers) * H * n * 520.0;
+    const int reqs = static_cast<int>(budget_gib * (1ull << 30) / per_request);
+    DecodeData D;
+    D.allocate(reqs, n, false);
+    const double t = D.time_ms(sc::RaggedLayout{D.offsets}, 20);
+    std::printf("batch  compression %dx: %3d requests x %5d entries/head fit %.0f GiB; one layer's attention %.3f ms, %d layers %.2f ms\n",
+                f, reqs, n, budget_gib, t, layers, t * layers);
+    std::ostringstream o;
+    o << "{\"bench\": \"batch\", \"compression\": " << f << ", \"context\": " << context << ", \"entries_per_head\": " << n
+      << ", \"kv_budget_gib\": " << budget_gib << ", \"requests\": " << reqs << ", \"attention_layer_ms\": " << t
+      << ", \"attention_step_ms\": " << t * layers << "}";
+    json_item(o.str());
+    D.release();
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  bool quick = false;
+  double budget = 40.0;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--json" && i + 1 < argc) json_path = argv[++i];
+    else if (a == "--quick") quick = true;
+    else if (a == "--kv-budget-gib" && i + 1 < argc) budget = std::atof(argv[++i]);
+  }
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount,
+              static_cast<double>(prop.totalGlobalMem) / (1 << 30));
+  const double copy = copy_bandwidth();
+  std::printf("copy bandwidth (read + write): %.0f GB/s\n", copy);
+  {
+    std::ostringstream o;
+    o << "{\"bench\": \"copy\", \"gbs_read_plus_write\": " << copy << "}";
+    json_item(o.str());
+  }
+
+  bench_decode(copy, quick);
+  bench_batch(budget);
+
+  ModelCache m;
+  if (quick) m.layers = 4;
+  m.allocate();
+  const int reps = quick ? 1 : 3;
+  bench_compress<sc::bf16>(m, "StreamingLLM", sc::streaming_llm_config(), 0.25, reps, false, true);
+  bench_compress<sc::bf16>(m, "SnapKV", sc::snapkv_config(), 0.25, reps, true, true);
+  for (double keep : {0.5, 0.25, 0.1})
+    bench_compress<sc::bf16>(m, "SimCalKV", sc::simcalkv_config(), keep, reps, keep == 0.25, true);
+  bench_compress<float>(m, "SimCalKV f32-window", sc::simcalkv_config(), 0.25, reps);
+  {
+    auto c = sc::simcalkv_config();
+    c.adakv = true;
+    bench_compress<sc::bf16>(m, "AdaKV+SimCalKV", c, 0.25, reps);
+  }
+  {
+    auto c = sc::simcalkv_config();
+    c.search = sc::Search::exact;
+    bench_compress<sc::bf16>(m, "SimCalKV exact", c, 0.25, quick ? 0 : 1);
+  }
+  m.release();
+
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    f << "{\n  \"device\": \"" << prop.name << "\",\n  \"sms\": " << prop.multiProcessorCount << ",\n  \"results\": ["
+      << g_json.str() << "\n  ]\n}\n";
+  }
+  return 0;
+}
