@@ -346,10 +346,11 @@ void bench_compress(ModelCache& m, const std::string& name, const sc::PolicyConf
     sc::detail::stage_hook() = nullptr;
     std::vector<std::pair<std::string, double>> totals;
     cudaEvent_t prev = start;
-    for (auto& [stage, e] : hook.marks) {
+    for (auto& mark : hook.marks) {
+      const std::string& stage = mark.first;
       float x = 0;
-      CHECK_CUDA(cudaEventElapsedTime(&x, prev, e));
-      prev = e;
+      CHECK_CUDA(cudaEventElapsedTime(&x, prev, mark.second));
+      prev = mark.second;
       auto it = std::find_if(totals.begin(), totals.end(), [&](const auto& p) { return p.first == stage; });
       if (it == totals.end()) totals.emplace_back(stage, x);
       else it->second += x;
