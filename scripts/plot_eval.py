@@ -55,12 +55,16 @@ def main() -> int:
             ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
             ax.set_xlabel(f"method at compress_ratio {ratios[0]:g} (fraction of the KV cache removed)")
     else:
-        for m in methods:
+        colors = plt.get_cmap("tab20").colors
+        markers = "os^vD<>ph*"
+        for i, m in enumerate(methods):
+            style = dict(marker=markers[i % len(markers)], color=colors[(2 * i) % 20 if i < 10 else (2 * i + 1) % 20],
+                         linestyle="-" if i < 10 else "--", label=m)
             pts = sorted((r["compress_ratio"], r["quality_after"], r["agreement"]) for r in rows if r["kv_method"] == m)
             xs = [p[0] for p in pts if finite(p[1])]
-            ax_q.plot(xs, [p[1] for p in pts if finite(p[1])], marker="o", label=m)
+            ax_q.plot(xs, [p[1] for p in pts if finite(p[1])], **style)
             xa = [p[0] for p in pts if finite(p[2])]
-            ax_a.plot(xa, [p[2] for p in pts if finite(p[2])], marker="o", label=m)
+            ax_a.plot(xa, [p[2] for p in pts if finite(p[2])], **style)
         for ax in (ax_q, ax_a):
             ax.set_xlabel("compress_ratio (fraction of the KV cache removed)")
     if before:
