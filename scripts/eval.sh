@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# simcalkv-eval, the paper's evaluation harness on the reference engine: installs what is missing, builds the tool,
+# and runs it with the arguments given. With none: the bundled model on the bundled long-context tasks, the full
+# cache against SimCalKV and SnapKV at compress_ratio 0.5 (docs/eval.md). Results go to $BUILD_DIR/eval-results
+# unless --output_dir says otherwise.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+build=${BUILD_DIR:-build}
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCALKV_BUILD_BENCHMARKS=OFF >/dev/null
+cmake --build "$build" -j"$(nproc)" --target simcalkv_eval
+"$build/tools/simcalkv-eval" --output_dir "$build/eval-results" "$@"
