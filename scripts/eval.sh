@@ -7,6 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 build=${BUILD_DIR:-build}
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCALKV_BUILD_BENCHMARKS=OFF >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCALKV_BUILD_BENCHMARKS=OFF -DSIMCALKV_BUILD_TOOLS=ON \
+  -DSIMCALKV_BUILD_EXAMPLES=ON >/dev/null
 cmake --build "$build" -j"$(nproc)" --target simcalkv_eval
 "$build/tools/simcalkv-eval" --output_dir "$build/eval-results" "$@"

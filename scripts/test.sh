@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 build=${BUILD_DIR:-build}
 # The benchmark suite is not needed to test; .ci/run compiles it separately.
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCALKV_BUILD_BENCHMARKS=OFF "$@" >/dev/null
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCALKV_BUILD_BENCHMARKS=OFF -DSIMCALKV_BUILD_TOOLS=ON \
+  -DSIMCALKV_BUILD_EXAMPLES=ON -DSIMCALKV_BUILD_TESTS=ON "$@" >/dev/null
 cmake --build "$build" -j"$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j"$(nproc)"
