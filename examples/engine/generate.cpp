@@ -1,7 +1,8 @@
 // simcalkv-generate: run a Hugging Face Llama / Qwen2 / Mistral checkpoint on the CPU with any
 // registered KV-cache policy (the reference host engine, examples/engine).
 //
-//   simcalkv-generate --model DIR (--prompt TEXT | --prompt-file F) [--max-new-tokens N]
+//   simcalkv-generate [--model DIR] (--prompt TEXT | --prompt-file F) [--max-new-tokens N]
+//       (--model defaults to the bundled models/simcalkv-tiny)
 //       [--kv-method NAME[:options]] [--compress-ratio R] [--window W] [--threads T] [--json]
 //       [--dump-trace FILE] [--kv-dtype f32|bf16] [--chunk N] [--decode-compress] [--decode-slack S]
 //       [--temperature T] [--top-p P] [--seed S] [--ignore-eos] [--no-special-tokens] [--bench]
@@ -21,8 +22,13 @@
 
 namespace {
 
+#ifndef SIMCALKV_SOURCE_DIR
+#define SIMCALKV_SOURCE_DIR "."
+#endif
+
 struct Args {
-  std::string model, prompt, prompt_file, kv_method, dump_trace, kv_dtype = "f32";
+  std::string model = SIMCALKV_SOURCE_DIR "/models/simcalkv-tiny";
+  std::string prompt, prompt_file, kv_method, dump_trace, kv_dtype = "f32";
   bool has_prompt = false, json = false, decode_compress = false, ignore_eos = false, special_tokens = true;
   bool bench = false;
   int max_new_tokens = 32, window = 32, threads = 0, chunk = 512;
@@ -33,7 +39,8 @@ struct Args {
 
 [[noreturn]] void usage_error(const std::string& msg) {
   throw engine::EngineError("usage: " + msg +
-                            "\nsimcalkv-generate --model DIR (--prompt TEXT | --prompt-file F) [--max-new-tokens N] "
+                            "\nsimcalkv-generate [--model DIR, default models/simcalkv-tiny] "
+                            "(--prompt TEXT | --prompt-file F) [--max-new-tokens N] "
                             "[--kv-method NAME] [--compress-ratio R] [--window W] [--threads T] [--json] "
                             "[--dump-trace FILE] [--kv-dtype f32|bf16] [--chunk N] [--decode-compress] "
                             "[--decode-slack S] [--temperature T] [--top-p P] [--seed S] [--ignore-eos] "
@@ -85,7 +92,7 @@ Args parse_args(int argc, char** argv) {
     else if (f == "--help" || f == "-h") usage_error("help");
     else usage_error("unknown option '" + f + "'");
   }
-  if (a.model.empty()) usage_error("--model is required");
+  if (a.model.empty()) usage_error("--model needs a folder");
   if (a.has_prompt == !a.prompt_file.empty()) usage_error("give exactly one of --prompt and --prompt-file");
   if (a.max_new_tokens < 0) usage_error("--max-new-tokens must be >= 0");
   if (a.window <= 0) usage_error("--window must be positive");
