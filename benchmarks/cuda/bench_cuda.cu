@@ -11,7 +11,9 @@
 //             is compressed 1x, 2x, 4x, 8x (32k context); the dense part of the step comes from
 //             torch_baselines.py (same card, same run)
 //
-//   bench_cuda [--json FILE] [--quick] [--kv-budget-gib 40]
+//   bench_cuda [--json FILE] [--quick] [--kv-budget-gib 40] [--sections decode,batch,compress]
+//              [--decode-splits 0,4,16]
+//   (section "simcalkv": SimCalKV at keep 0.25 alone, with its stage profile)
 #include <simcalkv/cuda/simcalkv.cuh>
 
 #include <algorithm>
@@ -229,12 +231,47 @@ struct ModelCache {
 
 /// Records an event after every stage of compress_layer; stage time = time since the previous mark.
 struct EventHook : sc::detail::StageHook {
+  cudaEvent_t start{};
   std::vector<std::pair<std::string, cudaEvent_t>> marks;
+  EventHook() {
+    CHECK_CUDA(cudaEventCreate(&start));
+    CHECK_CUDA(cudaEventRecord(start, nullptr));
+  }
+  ~EventHook() override {
+    for (auto& [stage, e] : marks) cudaEventDestroy(e);
+    cudaEventDestroy(start);
+  }
   void mark(const char* stage, cudaStream_t stream) override {
     cudaEvent_t e;
     CHECK_CUDA(cudaEventCreate(&e));
     CHECK_CUDA(cudaEventRecord(e, stream));
     marks.emplace_back(stage, e);
+  }
+  /// Prints the time of each stage (summed over repeated stages) and returns it as a JSON object.
+  std::string report(const std::string& label) {
+    CHECK_CUDA(cudaDeviceSynchronize());
+    std::vector<std::pair<std::string, double>> totals;
+    cudaEvent_t prev = start;
+    for (auto& mark : marks) {
+      float x = 0;
+      CHECK_CUDA(cudaEventElapsedTime(&x, prev, mark.second));
+      prev = mark.second;
+      auto it = std::find_if(totals.begin(), totals.end(), [&](const auto& p) { return p.first == mark.first; });
+      if (it == totals.end()) totals.emplace_back(mark.first, x);
+      else it->second += x;
+    }
+    std::printf("         stages, %s (ms, an event after each stage):", label.c_str());
+    std::ostringstream o;
+    o << "{";
+    bool first = true;
+    for (const auto& [stage, x] : totals) {
+      std::printf(" %s %.2f;", stage.c_str(), x);
+      o << (first ? "" : ", ") << "\"" << stage << "\": " << x;
+      first = false;
+    }
+    std::printf("\n");
+    o << "}";
+    return o.str();
   }
 };
 
@@ -287,6 +324,14 @@ void bench_compress(ModelCache& m, const std::string& name, const sc::PolicyConf
       if (r > 0 || reps == 0) mms.push_back(x);
     }
     const double mm = median(mms);
+    if (profile) {
+      m.restore();
+      EventHook hook;
+      sc::detail::stage_hook() = &hook;
+      CHECK_CUDA(sc::compress_layer(m.layer(-1), m.template window<Q>(true), cfg, rule, nullptr, mshape, mws, mbytes));
+      sc::detail::stage_hook() = nullptr;
+      o << ", \"model_call_stages_ms\": " << hook.report("one call");
+    }
     std::printf("         %-22s keep %.2f  %8.3f ms for all %d layers in one call (256 sequences; workspace %.0f MiB)\n",
                 name.c_str(), keep, mm, m.layers, static_cast<double>(mbytes) / (1 << 20));
     o << ", \"model_call_ms_median\": " << mm << ", \"model_call_workspace_bytes\": " << mbytes;
@@ -337,36 +382,10 @@ void bench_compress(ModelCache& m, const std::string& name, const sc::PolicyConf
     m.restore();
     EventHook hook;
     sc::detail::stage_hook() = &hook;
-    cudaEvent_t start;
-    CHECK_CUDA(cudaEventCreate(&start));
-    CHECK_CUDA(cudaEventRecord(start, nullptr));
     for (int l = 0; l < m.layers; ++l)
       CHECK_CUDA(sc::compress_layer(m.layer(l), m.template window<Q>(), cfg, rule, nullptr, shape, ws, bytes));
-    CHECK_CUDA(cudaDeviceSynchronize());
     sc::detail::stage_hook() = nullptr;
-    std::vector<std::pair<std::string, double>> totals;
-    cudaEvent_t prev = start;
-    for (auto& mark : hook.marks) {
-      const std::string& stage = mark.first;
-      float x = 0;
-      CHECK_CUDA(cudaEventElapsedTime(&x, prev, mark.second));
-      prev = mark.second;
-      auto it = std::find_if(totals.begin(), totals.end(), [&](const auto& p) { return p.first == stage; });
-      if (it == totals.end()) totals.emplace_back(stage, x);
-      else it->second += x;
-    }
-    std::printf("         stages (ms over %d layers, with an event per stage):", m.layers);
-    o << ", \"stages_ms\": {";
-    bool first = true;
-    for (const auto& [stage, x] : totals) {
-      std::printf(" %s %.2f;", stage.c_str(), x);
-      o << (first ? "" : ", ") << "\"" << stage << "\": " << x;
-      first = false;
-    }
-    std::printf("\n");
-    o << "}";
-    for (auto& [stage, e] : hook.marks) cudaEventDestroy(e);
-    cudaEventDestroy(start);
+    o << ", \"stages_ms\": " << hook.report("per-layer calls");
   }
   o << "}";
   json_item(o.str());
@@ -442,8 +461,8 @@ struct DecodeData {
     return o;
   }
   template <class Layout>
-  double time_ms(const Layout& layout, int reps, bool tensor_cores = true) {
-    sc::DecodeShape shape{S, H, d, G, n, 0, tensor_cores};
+  double time_ms(const Layout& layout, int reps, bool tensor_cores = true, int splits = 0) {
+    sc::DecodeShape shape{S, H, d, G, n, splits, tensor_cores};
     const std::size_t need = sc::decode_workspace_bytes(shape);
     if (need > ws_bytes) {
       if (ws) CHECK_CUDA(cudaFree(ws));
@@ -464,6 +483,27 @@ struct DecodeData {
   }
   [[nodiscard]] double bytes() const { return static_cast<double>(S) * n * (2.0 * d * 2 + 4); }
 };
+
+/// Decode time against the number of splits per sequence (0: the kernel's own choice).
+void bench_decode_splits(double copy_gbs, const std::vector<int>& splits) {
+  for (int n : {8192, 32768}) {
+    const int reqs = std::max(1, static_cast<int>(2.0 * (1 << 30) / (8.0 * n * 516.0)));
+    DecodeData D;
+    D.allocate(reqs, n, true);
+    const double gb = D.bytes() / 1e9;
+    for (int x : splits) {
+      const double tr = D.time_ms(sc::RaggedLayout{D.offsets}, 30, true, x);
+      const double tp = D.time_ms(sc::PagedLayout{D.table, n / D.page, D.page, 1}, 30, true, x);
+      std::printf("decode-splits n=%-6d splits %3d: ragged %.3f ms (%.3f of copy), paged %.3f ms (%.3f)\n", n, x, tr,
+                  gb / (tr * 1e-3) / copy_gbs, tp, gb / (tp * 1e-3) / copy_gbs);
+      std::ostringstream o;
+      o << "{\"bench\": \"decode_splits\", \"tokens_per_head\": " << n << ", \"splits\": " << x
+        << ", \"ragged_ms\": " << tr << ", \"paged_ms\": " << tp << "}";
+      json_item(o.str());
+    }
+    D.release();
+  }
+}
 
 void bench_decode(double copy_gbs, bool quick) {
   const int lens[] = {2048, 8192, 16384, 32768};
@@ -519,12 +559,23 @@ int main(int argc, char** argv) {
   std::string json_path;
   bool quick = false;
   double budget = 40.0;
+  std::string sections = "decode,batch,compress";
+  std::vector<int> decode_splits;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--json" && i + 1 < argc) json_path = argv[++i];
     else if (a == "--quick") quick = true;
     else if (a == "--kv-budget-gib" && i + 1 < argc) budget = std::atof(argv[++i]);
+    else if (a == "--sections" && i + 1 < argc) sections = argv[++i];
+    else if (a == "--decode-splits" && i + 1 < argc) {
+      std::stringstream list(argv[++i]);
+      for (std::string x; std::getline(list, x, ',');) decode_splits.push_back(std::atoi(x.c_str()));
+    } else {
+      std::fprintf(stderr, "unknown argument %s\n", a.c_str());
+      return 2;
+    }
   }
+  auto section = [&](const char* name) { return ("," + sections + ",").find(std::string(",") + name + ",") != std::string::npos; };
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs, %.1f GiB\n", prop.name, prop.multiProcessorCount,
@@ -537,29 +588,54 @@ int main(int argc, char** argv) {
     json_item(o.str());
   }
 
-  bench_decode(copy, quick);
-  bench_batch(budget);
-
-  ModelCache m;
-  if (quick) m.layers = 4;
-  m.allocate();
-  const int reps = quick ? 1 : 3;
-  bench_compress<sc::bf16>(m, "StreamingLLM", sc::streaming_llm_config(), 0.25, reps, false, true);
-  bench_compress<sc::bf16>(m, "SnapKV", sc::snapkv_config(), 0.25, reps, true, true);
-  for (double keep : {0.5, 0.25, 0.1})
-    bench_compress<sc::bf16>(m, "SimCalKV", sc::simcalkv_config(), keep, reps, keep == 0.25, true);
-  bench_compress<float>(m, "SimCalKV f32-window", sc::simcalkv_config(), 0.25, reps);
-  {
-    auto c = sc::simcalkv_config();
-    c.adakv = true;
-    bench_compress<sc::bf16>(m, "AdaKV+SimCalKV", c, 0.25, reps);
+  if (section("profile-target")) {
+    // One whole-model SimCalKV call and one ragged and one paged decode at 8k, nothing else: the
+    // launches a profiler (ncu) looks at.
+    ModelCache m;
+    m.allocate();
+    m.restore();
+    const auto mshape = m.shape(true);
+    const auto cfg = sc::simcalkv_config();
+    const std::size_t mbytes = sc::compress_workspace_bytes<sc::bf16, sc::bf16>(mshape, cfg);
+    void* mws = dalloc<unsigned char>(mbytes);
+    CHECK_CUDA(sc::compress_layer(m.layer(-1), m.template window<sc::bf16>(true), cfg,
+                                  sc::BudgetRule{sc::BudgetKind::keep_fraction, 0.25}, nullptr, mshape, mws, mbytes));
+    CHECK_CUDA(cudaDeviceSynchronize());
+    CHECK_CUDA(cudaFree(mws));
+    m.release();
+    DecodeData D;
+    D.allocate(63, 8192, true);
+    D.time_ms(sc::RaggedLayout{D.offsets}, 1);
+    D.time_ms(sc::PagedLayout{D.table, 8192 / D.page, D.page, 1}, 1);
+    D.release();
   }
-  {
-    auto c = sc::simcalkv_config();
-    c.search = sc::Search::exact;
-    bench_compress<sc::bf16>(m, "SimCalKV exact", c, 0.25, quick ? 0 : 1);
+  if (!decode_splits.empty()) bench_decode_splits(copy, decode_splits);
+  if (section("decode")) bench_decode(copy, quick);
+  if (section("batch")) bench_batch(budget);
+  if (section("compress") || section("simcalkv")) {
+    ModelCache m;
+    if (quick) m.layers = 4;
+    m.allocate();
+    const int reps = quick ? 1 : 3;
+    const bool all = section("compress");
+    if (all) {
+      bench_compress<sc::bf16>(m, "StreamingLLM", sc::streaming_llm_config(), 0.25, reps, false, true);
+      bench_compress<sc::bf16>(m, "SnapKV", sc::snapkv_config(), 0.25, reps, true, true);
+    }
+    for (double keep : {0.5, 0.25, 0.1})
+      if (all || keep == 0.25)
+        bench_compress<sc::bf16>(m, "SimCalKV", sc::simcalkv_config(), keep, reps, keep == 0.25, all);
+    if (all) {
+      bench_compress<float>(m, "SimCalKV f32-window", sc::simcalkv_config(), 0.25, reps);
+      auto c = sc::simcalkv_config();
+      c.adakv = true;
+      bench_compress<sc::bf16>(m, "AdaKV+SimCalKV", c, 0.25, reps);
+      c = sc::simcalkv_config();
+      c.search = sc::Search::exact;
+      bench_compress<sc::bf16>(m, "SimCalKV exact", c, 0.25, quick ? 0 : 1);
+    }
+    m.release();
   }
-  m.release();
 
   if (!json_path.empty()) {
     std::ofstream f(json_path);

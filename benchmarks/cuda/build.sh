@@ -18,7 +18,7 @@ link=(-arch=sm_90 -Xcompiler "-static-libstdc++ -static-libgcc")
 "$NVCC" "${link[@]}" "$out/bench_cuda.o" -o "$out/bench_cuda"
 for b in test_cuda bench_cuda; do
   strip -o "$out/$b.stripped" "$out/$b"
-  xz -T0 -9 -c "$out/$b.stripped" >"$out/dev/$b.xz"
+  xz -T0 -6 -c "$out/$b.stripped" >"$out/dev/$b.xz"
   rm "$out/$b.stripped"
 done
 ls -la "$out/dev"

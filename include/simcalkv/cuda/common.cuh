@@ -188,6 +188,13 @@ __device__ __forceinline__ float exp_diff(float a, float b) { return a == kNegIn
 /// exp_diff with the fast exponential (a few ulps; for sums of many terms).
 __device__ __forceinline__ float fast_exp_diff(float a, float b) { return a == kNegInf ? 0.0f : __expf(a - b); }
 
+/// 2^x in one MUFU instruction (ex2.approx: about 2 ulp; 2^-inf = 0; subnormal results flush to 0).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
 /// Combines two (max, sum of exp(x - max)) pairs.
 __device__ __forceinline__ void lse_combine(float& m, float& l, float m2, float l2) {
   const float mm = fmaxf(m, m2);

@@ -99,8 +99,8 @@ CompressPlan make_plan(const CompressShape& shape, const PolicyConfig& c) {
   p.alloc_key = p.adakv && c.method == Method::simcalkv && c.pooling != Pooling::none && c.pool_kernel > 1;
   p.split_queries = std::is_same_v<Q, float>;
   p.rows = shape.group * shape.window_tokens;
-  p.rows_padded = static_cast<int>(ceil_div(p.rows, kRowsPerGroup) * kRowsPerGroup);
-  p.groups = p.rows_padded / kRowsPerGroup;
+  p.rows_padded = static_cast<int>(ceil_div(p.rows, kWindowRowAlign) * kWindowRowAlign);
+  p.groups = p.rows_padded / (p.split_queries ? kScoreRows<2> : kScoreRows<1>);
   p.tiles = static_cast<int>(ceil_div(shape.max_length, kEntriesPerTile));
   const long long target = 8LL * device_sm_count();
   const long long per_split = static_cast<long long>(shape.num_seqs) * (p.groups > 0 ? p.groups : 1);
@@ -311,11 +311,11 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     sp.mass_part = b.mass_part;
     sp.total = N;
     sp.inv_norm = plan.merged ? b.inv_norm : nullptr;
-    const std::size_t smem = ScoreSmem<T, D, NA>::bytes;
+    const std::size_t smem = ScoreSmem<T, D>::bytes;
     const dim3 grid(plan.splits, plan.groups, S);
     SIMCALKV_CUDA_TRY(allow_smem(score_kernel<T, D, NA, 1, Layout>, smem));
     SIMCALKV_CUDA_TRY(allow_smem(score_kernel<T, D, NA, 2, Layout>, smem));
-    score_kernel<T, D, NA, 1, Layout><<<grid, kTileThreads, smem, stream>>>(sp);
+    score_kernel<T, D, NA, 1, Layout><<<grid, kScoreThreads, smem, stream>>>(sp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("scores pass 1", stream);
     const int64_t rows_total = static_cast<int64_t>(S) * plan.rows_padded;
@@ -323,7 +323,7 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
         RowStatsParams{b.stats, plan.splits, plan.rows, plan.rows_padded, S, b.row_max, b.row_inv});
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("row stats", stream);
-    score_kernel<T, D, NA, 2, Layout><<<grid, kTileThreads, smem, stream>>>(sp);
+    score_kernel<T, D, NA, 2, Layout><<<grid, kScoreThreads, smem, stream>>>(sp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("scores pass 2", stream);
   }
@@ -386,7 +386,8 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
                                cfg.search_radius, cfg.similarity_threshold, b.keys_in, b.vals_in, b.evicted};
     const std::size_t smem = AssignSmem<T, D>::bytes;
     SIMCALKV_CUDA_TRY(allow_smem(assign_kernel<T, D, Layout>, smem));
-    assign_kernel<T, D, Layout><<<dim3(static_cast<unsigned>(ceil_div(max_len, 64)), S), kTileThreads, smem, stream>>>(ap);
+    assign_kernel<T, D, Layout>
+        <<<dim3(static_cast<unsigned>(ceil_div(max_len, kAssignRows)), S), kAssignThreads, smem, stream>>>(ap);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("assign", stream);
     std::size_t temp = plan.sort_temp;

@@ -20,6 +20,8 @@
 #include "simcalkv/cuda/layout.cuh"
 #include "simcalkv/cuda/mma_tile.cuh"
 
+#include <climits>
+
 namespace simcalkv::cuda::detail {
 
 /// sort_keys[i] = sentinel for i < count.
@@ -62,11 +64,21 @@ struct MergeParams {
   bool merge_keys;
 };
 
+inline constexpr int kMergeMembersPerStage = 32;
+inline constexpr int kMergeStages = 3;
+
 template <class T, int D, int NA>
 struct MergeSmem {
-  static constexpr int ld = D + 8;
+  static constexpr int ld = D + 8;  // padded rows
   static constexpr std::size_t tile_bytes = sizeof(T) * 64 * ld;
-  static constexpr std::size_t bytes = (NA + 2) * tile_bytes + sizeof(float) * 64 * 68 + 64 * 4 * 12;
+  // Phase A: member rows (keys and values) with their mass, bias and score, three stages deep.
+  static constexpr std::size_t member_stage = 2 * sizeof(T) * kMergeMembersPerStage * ld + 3 * 4 * kMergeMembersPerStage;
+  static constexpr std::size_t phase_a = kMergeStages * member_stage;
+  // Phase B: two buffers of 64 window rows (hi, and lo for float queries) and the product tile.
+  static constexpr std::size_t phase_b = 2 * NA * tile_bytes + sizeof(float) * 64 * 68;
+  static constexpr std::size_t shared = phase_a > phase_b ? phase_a : phase_b;
+  // kh, kl (the merged keys as hi + lo), the phase-dependent area, per-slot data.
+  static constexpr std::size_t bytes = 2 * tile_bytes + shared + 64 * 4 * 12 + 2 * 64 * 8;
 };
 
 /// Adds bias b to a running log-sum-exp (max m, shifted sum l), as the CPU's add_bias.
@@ -85,23 +97,28 @@ template <class T, int D, int NA, class Layout>
 __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layout> p) {
   using Smem = MergeSmem<T, D, NA>;
   constexpr int LD = Smem::ld;
+  constexpr int TM = kMergeMembersPerStage;
+  constexpr int MST = kMergeStages;
+  constexpr int DQ = D / 4;  // dimensions per thread: four threads per survivor
+  constexpr int CHUNKS = D * static_cast<int>(sizeof(T)) / 16;
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* qh = reinterpret_cast<T*>(smem_raw);
-  T* qlo = qh + 64 * LD;  // NA == 2
-  T* kh = reinterpret_cast<T*>(smem_raw + NA * Smem::tile_bytes);
+  T* kh = reinterpret_cast<T*>(smem_raw);
   T* kl = kh + 64 * LD;
-  float* c = reinterpret_cast<float*>(smem_raw + (NA + 2) * Smem::tile_bytes);
-  int* has = reinterpret_cast<int*>(c + 64 * 68);
+  unsigned char* area = smem_raw + 2 * Smem::tile_bytes;  // phase A stages, then phase B buffers
+  int* has = reinterpret_cast<int*>(area + Smem::shared);
   float* max_bias = reinterpret_cast<float*>(has + 64);
   float* log_count = max_bias + 64;
   float* set_mass = log_count + 64;
   int* pos_k = reinterpret_cast<int*>(set_mass + 64);
-  int64_t* row_k = reinterpret_cast<int64_t*>(pos_k + 64);  // 64 int64 = 128 ints
-  int* rpos = reinterpret_cast<int*>(row_k + 64);
-  float* rmax = reinterpret_cast<float*>(rpos + 64);
+  int* seg_b = pos_k + 64;
+  int* seg_e = seg_b + 64;
+  int* range = seg_e + 64;                                  // [4]: per-warp min begin, max end
+  int64_t* row_k = reinterpret_cast<int64_t*>(range + 64);  // 64 int64
+  int* rpos = reinterpret_cast<int*>(row_k + 64);           // [2][64]
+  float* rmax = reinterpret_cast<float*>(rpos + 128);       // [2][64]
 
-  const int s = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int s = blockIdx.y, tid = threadIdx.x;
   const int n = p.kv.lengths[s];
   const int B = p.budgets[s];
   const int k0 = blockIdx.x * 64;
@@ -111,126 +128,174 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
   const bool scores = p.kv.scores != nullptr;
   const bool calibrate = p.bias == BiasMode::calibrated || p.bias == BiasMode::bounded;
 
-  // Phase A: merge. A quarter-warp (8 lanes, D / 8 dims each) per survivor, 32 survivors at a
-  // time; each set is summed in candidate order, as on the CPU.
-  constexpr int DQ = D / 8;
-  const int quarter = lane >> 3, ql = lane & 7;
-  const unsigned qmask = 0xffu << (quarter * 8);
-  auto load_row = [&](const T* row, float* out) {
-    const uint4* src = reinterpret_cast<const uint4*>(row + ql * DQ);
+  // The block's survivors have their candidates in one contiguous run of the sorted members.
+  if (tid < 64) {
+    const int slot = k0 + tid;
+    const int beg = slot < B ? p.seg_begin[off + slot] : -1;
+    const int end = beg >= 0 ? p.seg_end[off + slot] : -1;
+    seg_b[tid] = beg;
+    seg_e[tid] = end;
+    int lo = beg >= 0 ? beg : INT_MAX, hi = end;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+      hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    if ((tid & 31) == 0) range[tid >> 5] = lo, range[2 + (tid >> 5)] = hi;
+  }
+  __syncthreads();
+  const int m_begin = min(range[0], range[1]), m_end = max(range[2], range[3]);
+  if (m_end < 0) return;  // no survivor of this block received candidates
+
+  // Phase A: merge. Four threads per survivor (DQ dimensions each); the members stream through
+  // shared memory in runs of TM rows, and each survivor adds its own in candidate order, as the
+  // CPU does, so a merge repeats bit for bit.
+  const int sl = tid >> 2, q = tid & 3, slot = k0 + sl;
+  const int beg = seg_b[sl], end = seg_e[sl];
+  const bool mine = beg >= 0;
+  auto stage_k = [&](int st) { return reinterpret_cast<T*>(area + st * Smem::member_stage); };
+  auto stage_v = [&](int st) { return stage_k(st) + TM * LD; };
+  auto stage_meta = [&](int st) { return reinterpret_cast<float*>(stage_v(st) + TM * LD); };  // w, b, score
+  const int mtiles = static_cast<int>(ceil_div(m_end - m_begin, TM));
+  // A stage's member rows are gathered by index: each thread reads its row's index one stage
+  // before it issues the copies, so the index load is never waited for.
+  static_assert(MST == 3, "the index prefetch below assumes three stages");
+  auto member_of = [&](int t) {
+    const int m = m_begin + t * TM + (tid >> 3);
+    return t < mtiles && m < m_end ? p.members[m] : -1;
+  };
+  auto load_members = [&](int t, int e) {
+    if (t >= mtiles) return;
+    const int st = t % MST;
+    const int r = tid >> 3, part = tid & 7;
+    const bool ok = e >= 0;
+    const int64_t row = ok ? seq.entry(e) : 0;
+    T* kd = stage_k(st) + r * LD;
+    T* vd = stage_v(st) + r * LD;
+    for (int c = part; c < CHUNKS; c += 8) {
+      cp_async16(kd + c * 8, p.kv.keys + row * p.kv.key_stride + c * 8, ok);
+      cp_async16(vd + c * 8, p.kv.values + row * p.kv.value_stride + c * 8, ok);
+    }
+    float* meta = stage_meta(st);
+    if (part == 0) cp_async4(meta + r, p.mass + off + (ok ? e : 0), ok);
+    if (part == 1) cp_async4(meta + TM + r, p.kv.bias + row, ok);
+    if (part == 2 && scores) cp_async4(meta + 2 * TM + r, p.kv.scores + row, ok);
+  };
+  {
+    const int e0 = member_of(0), e1 = member_of(1);
+    load_members(0, e0);
+    cp_async_commit();
+    load_members(1, e1);
+    cp_async_commit();
+  }
+  int e_next = member_of(2);
+
+  auto load_dims = [&](const T* row, float* out) {
+    const uint4* src = reinterpret_cast<const uint4*>(row + q * DQ);
 #pragma unroll
     for (int c = 0; c < DQ / 8; ++c) unpack8<T>(src[c], out + c * 8);
   };
-  auto store_row = [&](T* row, const float* in) {
-    uint4* dst = reinterpret_cast<uint4*>(row + ql * DQ);
-#pragma unroll
-    for (int c = 0; c < DQ / 8; ++c)
-      dst[c] = make_uint4(pack2<T>(in[c * 8], in[c * 8 + 1]), pack2<T>(in[c * 8 + 2], in[c * 8 + 3]),
-                          pack2<T>(in[c * 8 + 4], in[c * 8 + 5]), pack2<T>(in[c * 8 + 6], in[c * 8 + 7]));
-  };
-  int any = 0;
-  for (int round = 0; round < 2; ++round) {
-    const int sl = round * 32 + warp * 4 + quarter;
-    const int slot = k0 + sl;
-    const int beg = slot < B ? p.seg_begin[off + slot] : -1;
-    if (beg < 0) {
-      if (ql == 0) has[sl] = 0;
-      for (int d = ql; d < D; d += 8) {
-        kh[sl * LD + d] = from_float<T>(0.0f);
-        kl[sl * LD + d] = from_float<T>(0.0f);
-      }
-      continue;
-    }
-    any = 1;
-    const int end = p.seg_end[off + slot];
+  float ak[DQ], av[DQ];
+  float total = 0.0f, mb = kNegInf, lse = 0.0f, score = 0.0f;
+  int64_t ej = 0;
+  if (mine) {
     const int j = p.order[off + slot];
-    const int64_t ej = seq.entry(j);
-    float kk[DQ], vv[DQ], ak[DQ], av[DQ], x0[DQ], y0[DQ], x1[DQ], y1[DQ];
-    load_row(p.kv.keys + ej * p.kv.key_stride, kk);
-    load_row(p.kv.values + ej * p.kv.value_stride, vv);
+    ej = seq.entry(j);
+    load_dims(p.kv.keys + ej * p.kv.key_stride, ak);
+    load_dims(p.kv.values + ej * p.kv.value_stride, av);
     const float w0 = p.mass[off + j];
-    float total = w0;
+    total = w0;
+    if (p.merge_keys) {
 #pragma unroll
-    for (int d = 0; d < DQ; ++d) ak[d] = w0 * kk[d], av[d] = w0 * vv[d];
-    float mb = kNegInf, lse = 0.0f;
-    add_bias(mb, lse, p.kv.bias[ej]);
-    float score = scores ? p.kv.scores[ej] : 0.0f;
-    // Members, eight at a time: their entries, masses, biases and scores fetched by one lane each.
-    for (int m0 = beg; m0 < end; m0 += 8) {
-      const int cnt = min(8, end - m0);
-      int64_t my_e = 0;
-      float my_w = 0.0f, my_b = 0.0f, my_s = 0.0f;
-      if (ql < cnt) {
-        const int e = p.members[m0 + ql];
-        my_e = seq.entry(e);
-        my_w = p.mass[off + e];
-        my_b = p.kv.bias[my_e];
-        if (scores) my_s = p.kv.scores[my_e];
-      }
-      int i = 0;
-      for (; i + 2 <= cnt; i += 2) {  // two rows in flight, summed in order
-        const int64_t e0 = __shfl_sync(qmask, my_e, i, 8), e1 = __shfl_sync(qmask, my_e, i + 1, 8);
-        load_row(p.kv.keys + e0 * p.kv.key_stride, x0);
-        load_row(p.kv.values + e0 * p.kv.value_stride, y0);
-        load_row(p.kv.keys + e1 * p.kv.key_stride, x1);
-        load_row(p.kv.values + e1 * p.kv.value_stride, y1);
-        const float wa = __shfl_sync(qmask, my_w, i, 8), wb = __shfl_sync(qmask, my_w, i + 1, 8);
-#pragma unroll
-        for (int d = 0; d < DQ; ++d) {
-          ak[d] = fmaf(wa, x0[d], ak[d]), av[d] = fmaf(wa, y0[d], av[d]);
-          ak[d] = fmaf(wb, x1[d], ak[d]), av[d] = fmaf(wb, y1[d], av[d]);
-        }
-        total += wa;
-        total += wb;
-        add_bias(mb, lse, __shfl_sync(qmask, my_b, i, 8));
-        add_bias(mb, lse, __shfl_sync(qmask, my_b, i + 1, 8));
-        const float sa = __shfl_sync(qmask, my_s, i, 8), sb = __shfl_sync(qmask, my_s, i + 1, 8);
-        score += sa;
-        score += sb;
-      }
-      if (i < cnt) {
-        const int64_t e0 = __shfl_sync(qmask, my_e, i, 8);
-        load_row(p.kv.keys + e0 * p.kv.key_stride, x0);
-        load_row(p.kv.values + e0 * p.kv.value_stride, y0);
-        const float wa = __shfl_sync(qmask, my_w, i, 8);
-#pragma unroll
-        for (int d = 0; d < DQ; ++d) ak[d] = fmaf(wa, x0[d], ak[d]), av[d] = fmaf(wa, y0[d], av[d]);
-        total += wa;
-        add_bias(mb, lse, __shfl_sync(qmask, my_b, i, 8));
-        score += __shfl_sync(qmask, my_s, i, 8);
-      }
+      for (int d = 0; d < DQ; ++d) ak[d] *= w0;
     }
+#pragma unroll
+    for (int d = 0; d < DQ; ++d) av[d] *= w0;
+    add_bias(mb, lse, p.kv.bias[ej]);
+    score = scores ? p.kv.scores[ej] : 0.0f;
+  }
+  for (int t = 0; t < mtiles; ++t) {
+    cp_async_wait<MST - 2>();
+    __syncthreads();
+    load_members(t + 2, e_next);
+    cp_async_commit();
+    e_next = member_of(t + 3);
+    const int st = t % MST, m0 = m_begin + t * TM;
+    const T* ks = stage_k(st);
+    const T* vs = stage_v(st);
+    const float* meta = stage_meta(st);
+    const int lo = mine ? max(beg, m0) : 0, hi = mine ? min(end, m0 + TM) : 0;
+    for (int m = lo; m < hi; ++m) {
+      const int r = m - m0;
+      const float w = meta[r];
+      const uint4* kr = reinterpret_cast<const uint4*>(ks + r * LD + q * DQ);
+      const uint4* vr = reinterpret_cast<const uint4*>(vs + r * LD + q * DQ);
+#pragma unroll
+      for (int c = 0; c < DQ / 8; ++c) {
+        float x[8], y[8];
+        unpack8<T>(vr[c], y);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) av[c * 8 + i] = fmaf(w, y[i], av[c * 8 + i]);
+        if (p.merge_keys) {
+          unpack8<T>(kr[c], x);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) ak[c * 8 + i] = fmaf(w, x[i], ak[c * 8 + i]);
+        }
+      }
+      total += w;
+      add_bias(mb, lse, meta[TM + r]);
+      if (scores) score += meta[2 * TM + r];
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // phase B reuses the stages
+
+  int any = 0;
+  if (mine) {
+    any = 1;
     const bool uniform = !(total > 1e-30f);
-    if (uniform) {  // the set's mass underflowed: plain average
-#pragma unroll
-      for (int d = 0; d < DQ; ++d) ak[d] = kk[d], av[d] = vv[d];
+    if (uniform) {  // the set's mass underflowed: plain average (rare; straight from global memory)
+      load_dims(p.kv.keys + ej * p.kv.key_stride, ak);
+      load_dims(p.kv.values + ej * p.kv.value_stride, av);
       total = 1.0f;
-      for (int mm = beg; mm < end; ++mm) {
-        const int64_t ee = seq.entry(p.members[mm]);
-        load_row(p.kv.keys + ee * p.kv.key_stride, x0);
-        load_row(p.kv.values + ee * p.kv.value_stride, y0);
+      for (int m = beg; m < end; ++m) {
+        const int64_t ee = seq.entry(p.members[m]);
+        float x[DQ], y[DQ];
+        load_dims(p.kv.values + ee * p.kv.value_stride, y);
 #pragma unroll
-        for (int d = 0; d < DQ; ++d) ak[d] += x0[d], av[d] += y0[d];
+        for (int d = 0; d < DQ; ++d) av[d] += y[d];
+        if (p.merge_keys) {
+          load_dims(p.kv.keys + ee * p.kv.key_stride, x);
+#pragma unroll
+          for (int d = 0; d < DQ; ++d) ak[d] += x[d];
+        }
         total += 1.0f;
       }
     }
     const float inv = 1.0f / total;
 #pragma unroll
     for (int d = 0; d < DQ; ++d) {
-      ak[d] = p.merge_keys ? ak[d] * inv : kk[d];
-      av[d] = av[d] * inv;
+      if (p.merge_keys) ak[d] *= inv;
+      av[d] *= inv;
     }
-    // The merged key for calibration, then the row in storage (the survivor's own row).
+    // The merged key for calibration, then the rows in storage (the survivor's own row).
 #pragma unroll
     for (int d = 0; d < DQ; ++d) {
       const T hv = from_float<T>(ak[d]);
-      kh[sl * LD + ql * DQ + d] = hv;
-      kl[sl * LD + ql * DQ + d] = from_float<T>(ak[d] - to_float(hv));
+      kh[sl * LD + q * DQ + d] = hv;
+      kl[sl * LD + q * DQ + d] = from_float<T>(ak[d] - to_float(hv));
     }
-    if (p.merge_keys) store_row(p.kv.keys + ej * p.kv.key_stride, ak);
-    store_row(p.kv.values + ej * p.kv.value_stride, av);
+    auto store_dims = [&](T* row, const float* in) {
+      uint4* dst = reinterpret_cast<uint4*>(row + q * DQ);
+#pragma unroll
+      for (int c = 0; c < DQ / 8; ++c)
+        dst[c] = make_uint4(pack2<T>(in[c * 8], in[c * 8 + 1]), pack2<T>(in[c * 8 + 2], in[c * 8 + 3]),
+                            pack2<T>(in[c * 8 + 4], in[c * 8 + 5]), pack2<T>(in[c * 8 + 6], in[c * 8 + 7]));
+    };
+    if (p.merge_keys) store_dims(p.kv.keys + ej * p.kv.key_stride, ak);
+    store_dims(p.kv.values + ej * p.kv.value_stride, av);
     const float lc = mb + logf(lse);
-    if (ql == 0) {
+    if (q == 0) {
       has[sl] = 1;
       max_bias[sl] = mb;
       log_count[sl] = lc;
@@ -241,31 +306,49 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       if (p.bias == BiasMode::none) p.kv.bias[ej] = 0.0f;
       if (scores) p.kv.scores[ej] = score;
     }
+  } else {
+    if (q == 0) has[sl] = 0;
+#pragma unroll
+    for (int d = 0; d < DQ; ++d) kh[sl * LD + q * DQ + d] = kl[sl * LD + q * DQ + d] = from_float<T>(0.0f);
   }
   if (!__syncthreads_or(any) || !calibrate) return;
 
-  // Phase B: the merged keys' mass under the window, 64 rows at a time.
+  // Phase B: the merged keys' mass under the window, 64 rows at a time (the next 64 rows load
+  // while this group's products are taken).
+  T* qbuf = reinterpret_cast<T*>(area);  // [2][NA][64][LD]
+  float* c = reinterpret_cast<float*>(area + 2 * NA * Smem::tile_bytes);
   const int col = tid >> 2, part = tid & 3;
   float cm = kNegInf, cl = 0.0f;
   const int groups = p.rows_padded / 64;
-  for (int g = 0; g < groups; ++g) {
-    const int64_t row0 = static_cast<int64_t>(s) * p.rows_padded + g * 64;
-    {
-      constexpr int chunks = D * static_cast<int>(sizeof(T)) / 16, per = 16 / static_cast<int>(sizeof(T));
-      for (int i = tid; i < 64 * chunks; i += blockDim.x) {
-        const int rr = i / chunks, q = i % chunks;
-        cp_async16(qh + rr * LD + q * per, p.q_hi + (row0 + rr) * D + q * per, true);
-        if constexpr (NA == 2) cp_async16(qlo + rr * LD + q * per, p.q_lo + (row0 + rr) * D + q * per, true);
-      }
+  auto load_rows = [&](int grp) {
+    const int buf = grp & 1;
+    const int64_t row0 = static_cast<int64_t>(s) * p.rows_padded + grp * 64;
+    T* qh = qbuf + buf * NA * 64 * LD;
+    constexpr int per = 16 / static_cast<int>(sizeof(T));
+    for (int i = tid; i < 64 * CHUNKS; i += blockDim.x) {
+      const int rr = i / CHUNKS, qq = i % CHUNKS;
+      cp_async16(qh + rr * LD + qq * per, p.q_hi + (row0 + rr) * D + qq * per, true);
+      if constexpr (NA == 2) cp_async16(qh + 64 * LD + rr * LD + qq * per, p.q_lo + (row0 + rr) * D + qq * per, true);
+    }
+    if (tid < 64) {
+      rpos[buf * 64 + tid] = p.row_pos[row0 + tid];
+      rmax[buf * 64 + tid] = p.row_max[row0 + tid];
+    }
+  };
+  load_rows(0);
+  cp_async_commit();
+  for (int grp = 0; grp < groups; ++grp) {
+    const int buf = grp & 1;
+    if (grp + 1 < groups) {
+      load_rows(grp + 1);
       cp_async_commit();
-      if (tid < 64) {
-        rpos[tid] = p.row_pos[row0 + tid];
-        rmax[tid] = p.row_max[row0 + tid];
-      }
+      cp_async_wait<1>();
+    } else {
       cp_async_wait<0>();
     }
     __syncthreads();
-    mma_tile_64x64<T, D, NA, 2>(qh, qlo, LD, kh, kl, LD, c, 68);
+    const T* qh = qbuf + buf * NA * 64 * LD;
+    mma_tile_64x64<T, D, NA, 2>(qh, qh + 64 * LD, LD, kh, kl, LD, c, 68);
     __syncthreads();
     if (has[col]) {
       const int pk = pos_k[col];
@@ -274,8 +357,8 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
         const int row = i * 4 + part;
-        const bool ok = rpos[row] >= pk && rmax[row] != kNegInf;
-        v[i] = ok ? c[row * 68 + col] * p.scale - rmax[row] : kNegInf;
+        const bool ok = rpos[buf * 64 + row] >= pk && rmax[buf * 64 + row] != kNegInf;
+        v[i] = ok ? c[row * 68 + col] * p.scale - rmax[buf * 64 + row] : kNegInf;
         tm = fmaxf(tm, v[i]);
       }
       float sum = 0.0f;

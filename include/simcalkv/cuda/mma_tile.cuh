@@ -1,5 +1,6 @@
-// simcalkv CUDA: one 64 x 64 tile of dot products on the tensor cores (WMMA, 16-bit inputs,
-// float accumulation), shared by window scoring, similarity search and bias calibration.
+// simcalkv CUDA: dot products of 16-bit rows on the tensor cores, float accumulation: a 64 x 64
+// tile through WMMA and shared memory (bias calibration), and warp-level mma.sync fragments whose
+// products stay in registers (window scoring, similarity search).
 //
 // C[r][c] = sum_i A[r][i] * B[c][i] over i < D, for 64 rows of A and 64 rows of B held in shared
 // memory (row strides lda / ldb elements, multiples of 8; 32-byte aligned rows). A float operand
@@ -51,45 +52,85 @@ __device__ __forceinline__ void mma_tile_64x64(const T* a_hi, const T* a_lo, int
     wmma::store_matrix_sync(c + rt * 16 * ldc + (ct + t) * 16, acc[t], ldc, wmma::mem_row_major);
 }
 
-/// The A operand of a warp's row tile (rows 16 * (warp / 2) .. + 16 of a 64-row block), held in
-/// registers across many B tiles. `hi` / `lo` may point to global or shared memory.
-template <class T, int D, int NA>
-struct AFragments {
-  nvcuda::wmma::fragment<nvcuda::wmma::matrix_a, 16, 16, 16, T, nvcuda::wmma::row_major> f[NA][D / 16];
+// ---------------------------------------------------------------------------------------------
+// Warp-level tensor-core fragments (mma.sync m16n8k16, float accumulation), for kernels that keep
+// their products in registers instead of passing them through shared memory. Lane l holds rows
+// g = l / 4 and g + 8 and columns 2 * (l % 4), + 1 of a 16 x 8 accumulator tile, as the PTX ISA
+// lays them out.
 
-  __device__ __forceinline__ void load(const T* hi, const T* lo, int lda) {
-    const int rt = (threadIdx.x >> 5) >> 1;
+/// d += a * b for one m16n8k16 tile.
+template <class T>
+__device__ __forceinline__ void mma_m16n8k16(float* d, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+/// Four 8 x 8 matrices of 16-bit elements from shared memory; lane l gives the address of row
+/// l % 8 of matrix l / 8 and receives one 32-bit word of each matrix.
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* smem) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+/// The A fragments (16 rows x D, row-major 16-bit, row stride ld) of one m-tile, all k-steps,
+/// loaded straight from global or shared memory.
+template <class T, int D>
+struct WarpRowsA {
+  uint32_t f[D / 16][4];
+  __device__ __forceinline__ void load(const T* rows, int64_t ld) {
+    const int g = (threadIdx.x & 31) >> 2;
+    load_rows(rows + g * ld, rows + (g + 8) * ld);
+  }
+  /// The same from gathered rows: row_g is this lane's row g, row_g8 its row g + 8.
+  __device__ __forceinline__ void load_rows(const T* row_g, const T* row_g8) {
+    const int t4 = threadIdx.x & 3;
+    const T* r0 = row_g + t4 * 2;
+    const T* r8 = row_g8 + t4 * 2;
 #pragma unroll
     for (int k = 0; k < D / 16; ++k) {
-      nvcuda::wmma::load_matrix_sync(f[0][k], hi + rt * 16 * lda + k * 16, lda);
-      if constexpr (NA == 2) nvcuda::wmma::load_matrix_sync(f[1][k], lo + rt * 16 * lda + k * 16, lda);
+      f[k][0] = *reinterpret_cast<const uint32_t*>(r0 + k * 16);
+      f[k][1] = *reinterpret_cast<const uint32_t*>(r8 + k * 16);
+      f[k][2] = *reinterpret_cast<const uint32_t*>(r0 + k * 16 + 8);
+      f[k][3] = *reinterpret_cast<const uint32_t*>(r8 + k * 16 + 8);
     }
   }
 };
 
-/// mma_tile_64x64 with the A operand already in registers (B single-term).
-template <class T, int D, int NA>
-__device__ __forceinline__ void mma_tile_64x64(const AFragments<T, D, NA>& a, const T* b, int ldb, float* c, int ldc) {
-  using namespace nvcuda;
-  const int warp = threadIdx.x >> 5;
-  const int rt = warp >> 1;
-  const int ct = (warp & 1) * 2;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2];
-  wmma::fill_fragment(acc[0], 0.0f);
-  wmma::fill_fragment(acc[1], 0.0f);
+/// acc[nb] (nb < NB) += A * B^T for B = NB * 8 rows of D elements in padded shared memory (row
+/// stride ld elements, 16-byte aligned rows), starting at row b0: one ldmatrix.x4 per n-block and
+/// pair of k-steps, shared by the MT m-tiles of A (and its lo terms when NA == 2).
+template <class T, int D, int MT, int NA, int NB>
+__device__ __forceinline__ void warp_mma_rows(float (*acc)[NB][4], const WarpRowsA<T, D> (*a)[MT], const T* b,
+                                              int ld) {
+  const int lane = threadIdx.x & 31;
+  const T* base = b + (lane & 7) * ld + (lane >> 3) * 8;
 #pragma unroll
-  for (int k = 0; k < D / 16; ++k) {
+  for (int kk = 0; kk < D / 16; kk += 2) {
 #pragma unroll
-    for (int t = 0; t < 2; ++t) {
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bh;
-      wmma::load_matrix_sync(bh, b + (ct + t) * 16 * ldb + k * 16, ldb);
-      wmma::mma_sync(acc[t], a.f[0][k], bh, acc[t]);
-      if constexpr (NA == 2) wmma::mma_sync(acc[t], a.f[1][k], bh, acc[t]);
+    for (int nb = 0; nb < NB; ++nb) {
+      uint32_t r[4];
+      ldsm_x4(r, base + nb * 8 * ld + kk * 16);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int t = 0; t < NA; ++t) {
+          mma_m16n8k16<T>(acc[mt][nb], a[t][mt].f[kk], r[0], r[1]);
+          mma_m16n8k16<T>(acc[mt][nb], a[t][mt].f[kk + 1], r[2], r[3]);
+        }
+      }
     }
   }
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-    wmma::store_matrix_sync(c + rt * 16 * ldc + (ct + t) * 16, acc[t], ldc, wmma::mem_row_major);
 }
 
 /// Copies `rows` rows of D elements (16-byte chunks) from global rows given by row_ptr(r) into

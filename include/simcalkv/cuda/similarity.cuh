@@ -7,11 +7,11 @@
 // its similarity that value / |k_e|. A candidate whose similarity is below the threshold, or that
 // has no survivor to go to, is evicted.
 //
-// A block takes 64 consecutive candidates (their windows nearly coincide, and both ends only grow
-// with c) and walks the union of their windows in tiles of 64 survivors: 64 x 64 dot products on
-// the tensor cores (16-bit keys, float accumulation: the products of stored keys are exact), then
-// each candidate scans its own columns. Survivor tiles are gathered by index with cp.async, two
-// stages deep.
+// A block takes 128 consecutive candidates (their windows nearly coincide, and both ends only grow
+// with c) and walks the union of their windows in tiles of 64 survivors: dot products on the
+// tensor cores (mma.sync with 16-bit keys and float accumulation: the products of stored keys are
+// exact), kept in registers, where each candidate scans its own columns. Survivor tiles are
+// gathered by index with cp.async, three stages deep.
 //
 // Output: for a merged candidate at workspace position p, sort_keys[p] = the survivor's global
 // slot id (ws_off + slot) and sort_vals[p] = e_c; a radix sort by key then lists each survivor's
@@ -40,37 +40,36 @@ struct AssignParams {
 };
 
 inline constexpr int kAssignStages = 3;
+inline constexpr int kAssignThreads = 128;
+inline constexpr int kAssignRows = 128;  // candidates per block: 4 warps x 2 m-tiles of 16
 
 template <class T, int D>
 struct AssignSmem {
-  static constexpr int ld = D + 8;
+  static constexpr int ld = D + 8;  // padded rows: conflict-free ldmatrix
   static constexpr std::size_t tile_bytes = sizeof(T) * 64 * ld;
-  static constexpr std::size_t bytes =
-      (1 + kAssignStages) * tile_bytes + sizeof(float) * 64 * 68 + kAssignStages * 64 * 4 + 3 * 64 * 4;
+  static constexpr std::size_t bytes = kAssignStages * (tile_bytes + 64 * 4);
 };
 
-/// grid (ceil(max_len / 64), S), 256 threads.
+/// grid (ceil(max_len / 128), S), 128 threads. Each warp keeps the keys of 32 candidates in
+/// registers (mma A fragments); tiles of 64 survivors stream through shared memory, and each
+/// thread scans its own products for its rows' best slot (the products stay in registers).
 template <class T, int D, class Layout>
-__global__ void __launch_bounds__(kTileThreads) assign_kernel(AssignParams<T, Layout> p) {
+__global__ void __launch_bounds__(kAssignThreads) assign_kernel(AssignParams<T, Layout> p) {
   using Smem = AssignSmem<T, D>;
   constexpr int LD = Smem::ld;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
   constexpr int ST = kAssignStages;
-  T* a = reinterpret_cast<T*>(smem_raw);                                           // candidates [64][LD]
-  T* kt = reinterpret_cast<T*>(smem_raw + Smem::tile_bytes);                       // survivors [ST][64][LD]
-  float* c = reinterpret_cast<float*>(smem_raw + (1 + ST) * Smem::tile_bytes);     // [64][68]
-  float* inv_t = c + 64 * 68;                                                      // [ST][64]
-  int* lo_c = reinterpret_cast<int*>(inv_t + ST * 64);
-  int* hi_c = lo_c + 64;
-  int* e_c = hi_c + 64;
+  constexpr int MT = 2, NB = 4;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* kt = reinterpret_cast<T*>(smem_raw);                                // [ST][64][LD]
+  float* inv_t = reinterpret_cast<float*>(smem_raw + ST * Smem::tile_bytes);  // [ST][64]
 
-  const int s = blockIdx.y, tid = threadIdx.x;
+  const int s = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
   const int n = p.kv.lengths[s];
   const int B = p.budgets[s];
   const int E = n - B;
-  const int c0 = blockIdx.x * 64;
+  const int c0 = blockIdx.x * kAssignRows;
   if (c0 >= E) return;
-  const int valid_c = min(64, E - c0);
+  const int valid_c = min(kAssignRows, E - c0);
   if (B == 0) {
     if (tid == 0) atomicAdd(&p.evicted[s], valid_c);
     return;
@@ -86,90 +85,146 @@ __global__ void __launch_bounds__(kTileThreads) assign_kernel(AssignParams<T, La
     lo = local ? max(0, nk - p.radius) : 0;
     hi = local ? min(B, nk + p.radius) : B;
   };
-  if (tid < 64) {
-    int lo = 0, hi = 0, e = 0;
-    if (tid < valid_c) {
-      e = cand[c0 + tid];
-      window_of(c0 + tid, lo, hi);
-    }
-    lo_c[tid] = lo;
-    hi_c[tid] = hi;
-    e_c[tid] = e;
-  }
   int u_lo, u_hi, tmp;
   window_of(c0, u_lo, tmp);
   window_of(c0 + valid_c - 1, tmp, u_hi);
   const int tiles = u_hi > u_lo ? static_cast<int>(ceil_div(u_hi - u_lo, 64)) : 0;
 
-  load_rows_async<T, D>(a, LD, 64, valid_c, [&](int rr) { return p.kv.keys + seq.entry(cand[c0 + rr]) * p.kv.key_stride; },
-                        p.kv.keys);
-  auto load_tile = [&](int t) {
+  // Survivor tiles are gathered by index: each thread reads the indices of its rows one stage
+  // before it issues their copies, so the index loads are never waited for.
+  constexpr int CH = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks of a row
+  constexpr int RP = kAssignThreads / CH;                   // rows per pass of the block
+  constexpr int RPT = 64 / RP;                              // rows per thread and tile
+  struct TileRows {
+    int idx[RPT];
+    int inv_idx;
+  };
+  auto fetch_rows = [&](int t, TileRows& tr) {
+    const int s0 = u_lo + t * 64;
+    const int valid = t < tiles ? min(64, u_hi - s0) : 0;
+#pragma unroll
+    for (int k = 0; k < RPT; ++k) {
+      const int r = tid / CH + RP * k;
+      tr.idx[k] = r < valid ? keep[s0 + r] : -1;
+    }
+    tr.inv_idx = tid < valid ? keep[s0 + tid] : -1;
+  };
+  auto issue_rows = [&](int t, const TileRows& tr) {
     if (t >= tiles) return;
     const int buf = t % ST;
-    const int s0 = u_lo + t * 64;
-    const int valid = min(64, u_hi - s0);
-    load_rows_async<T, D>(kt + buf * 64 * LD, LD, 64, valid,
-                          [&](int rr) { return p.kv.keys + seq.entry(keep[s0 + rr]) * p.kv.key_stride; }, p.kv.keys);
-    if (tid < 64) {
-      const bool ok = tid < valid;
-      cp_async4(inv_t + buf * 64 + tid, p.inv_norm + off + (ok ? keep[s0 + tid] : 0), ok);
-    }
-  };
+    const int q = tid % CH;
 #pragma unroll
-  for (int i = 0; i < ST - 1; ++i) {
-    load_tile(i);
-    cp_async_commit();  // the candidates travel with the first group
+    for (int k = 0; k < RPT; ++k) {
+      const int r = tid / CH + RP * k;
+      const bool ok = tr.idx[k] >= 0;
+      const T* src = ok ? p.kv.keys + seq.entry(tr.idx[k]) * p.kv.key_stride + q * 8 : p.kv.keys;
+      cp_async16(kt + (buf * 64 + r) * LD + q * 8, src, ok);
+    }
+    if (tid < 64) cp_async4(inv_t + buf * 64 + tid, p.inv_norm + off + max(tr.inv_idx, 0), tr.inv_idx >= 0);
+  };
+  static_assert(ST == 3, "the index prefetch below assumes three stages");
+  TileRows next;
+  {
+    TileRows first;
+    fetch_rows(0, first);
+    fetch_rows(1, next);
+    issue_rows(0, first);
+    cp_async_commit();
+    issue_rows(1, next);
+    cp_async_commit();
+  }
+  fetch_rows(2, next);
+
+  // This thread's four candidates (m-tile mt, half h): row warp * 32 + mt * 16 + h * 8 + g; their
+  // keys as A fragments (rows past the end repeat the last candidate and are never written).
+  WarpRowsA<T, D> qa[1][MT];
+  int lo_r[MT][2], hi_r[MT][2], e_r[MT][2];
+  float best[MT][2];
+  int best_slot[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+    const T* rows[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int cc = c0 + min(warp * 32 + mt * 16 + h * 8 + g, valid_c - 1);
+      e_r[mt][h] = cand[cc];
+      window_of(cc, lo_r[mt][h], hi_r[mt][h]);
+      rows[h] = p.kv.keys + seq.entry(e_r[mt][h]) * p.kv.key_stride;
+      best[mt][h] = kNegInf;
+      best_slot[mt][h] = -1;
+    }
+    qa[0][mt].load_rows(rows[0], rows[1]);
   }
 
-  const int r = tid >> 2, part = tid & 3;
-  float best = kNegInf;
-  int best_slot = -1;
-  AFragments<T, D, 1> fa;
   for (int t = 0; t < tiles; ++t) {
     const int buf = t % ST;
     cp_async_wait<ST - 2>();
     __syncthreads();
-    if (t == 0) fa.load(a, nullptr, LD);
-    load_tile(t + ST - 1);
+    issue_rows(t + 2, next);
     cp_async_commit();
-    mma_tile_64x64<T, D, 1>(fa, kt + buf * 64 * LD, LD, c, 68);
-    __syncthreads();
+    fetch_rows(t + 3, next);
+    const T* kb = kt + buf * 64 * LD;
+    const float* it = inv_t + buf * 64;
     const int s0 = u_lo + t * 64;
-    const int lo = lo_c[r], hi = hi_c[r];
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const int col = i * 4 + part;
-      const int slot = s0 + col;
-      if (slot >= lo && slot < hi) {
-        const float sim = c[r * 68 + col] * inv_t[buf * 64 + col];
-        if (sim > best) {
-          best = sim;
-          best_slot = slot;
+    for (int half = 0; half < 2; ++half) {
+      float acc[MT][NB][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nb = 0; nb < NB; ++nb) acc[mt][nb][0] = acc[mt][nb][1] = acc[mt][nb][2] = acc[mt][nb][3] = 0.0f;
+      warp_mma_rows<T, D, MT, 1, NB>(acc, qa, kb + half * NB * 8 * LD, LD);
+      // Columns in increasing slot order, so a strict > keeps the first slot of a tie.
+#pragma unroll
+      for (int nb = 0; nb < NB; ++nb)
+#pragma unroll
+        for (int c = 0; c < 2; ++c) {
+          const int col = half * NB * 8 + nb * 8 + t4 * 2 + c;
+          const int slot = s0 + col;
+          const float inv = it[col];
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+              if (slot >= lo_r[mt][h] && slot < hi_r[mt][h]) {
+                const float sim = acc[mt][nb][h * 2 + c] * inv;
+                if (sim > best[mt][h]) {
+                  best[mt][h] = sim;
+                  best_slot[mt][h] = slot;
+                }
+              }
         }
-      }
     }
   }
   cp_async_wait<0>();
-  // The best of the four threads of a row: the larger value, then the lower slot.
 #pragma unroll
-  for (int o = 1; o <= 2; o <<= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int os = __shfl_xor_sync(0xffffffffu, best_slot, o);
-    if (os >= 0 && (best_slot < 0 || ov > best || (ov == best && os < best_slot))) {
-      best = ov;
-      best_slot = os;
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float bv = best[mt][h];
+      int bs = best_slot[mt][h];
+      // The best of the four lanes of a row: the larger value, then the lower slot.
+#pragma unroll
+      for (int o = 1; o <= 2; o <<= 1) {
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int os = __shfl_xor_sync(0xffffffffu, bs, o);
+        if (os >= 0 && (bs < 0 || ov > bv || (ov == bv && os < bs))) {
+          bv = ov;
+          bs = os;
+        }
+      }
+      const int r = warp * 32 + mt * 16 + h * 8 + g;
+      if (t4 == 0 && r < valid_c) {
+        const int cc = c0 + r;
+        const float similarity = bv * p.inv_norm[off + e_r[mt][h]];
+        if (bs < 0 || similarity < p.threshold) {
+          atomicAdd(&p.evicted[s], 1);
+        } else {
+          p.sort_keys[off + B + cc] = static_cast<uint32_t>(off + bs);
+          p.sort_vals[off + B + cc] = e_r[mt][h];
+        }
+      }
     }
-  }
-  if (part == 0 && r < valid_c) {
-    const int cc = c0 + r;
-    const float similarity = best * p.inv_norm[off + e_c[r]];
-    if (best_slot < 0 || similarity < p.threshold) {
-      atomicAdd(&p.evicted[s], 1);
-    } else {
-      p.sort_keys[off + B + cc] = static_cast<uint32_t>(off + best_slot);
-      p.sort_vals[off + B + cc] = e_c[r];
-    }
-  }
 }
 
 }  // namespace simcalkv::cuda::detail
