@@ -7,9 +7,11 @@
 //
 // with float accumulation from 16-bit storage. The G query heads of a group are served from one
 // read of K and V. Each sequence's entries are split over `splits` blocks (split-KV, as FlashInfer
-// and FlashDecoding do); a block streams its part through shared memory with cp.async and keeps an
-// online softmax per query head; a second kernel combines the splits. Works over the ragged and
-// the paged layouts.
+// and FlashDecoding do); a block streams its part through shared memory and keeps an online
+// softmax per query head; the last block of a sequence to finish combines the splits (no second
+// kernel). K and V rows arrive by Hopper bulk copies on sm_90 (cp.async on older GPUs), with the
+// row addresses of a stage resolved a stage ahead, so that the paged layout's page-table loads
+// never stall the copies. Works over the ragged and the paged layouts.
 //
 // The default kernel runs both products on the tensor cores (mma.sync m16n8k16): the G query
 // heads are the rows of A (padded to 16), 16 entries per warp and step; the probabilities stay in
@@ -20,13 +22,30 @@
 //   DecodeShape shape{num_seqs, num_kv_heads, head_dim, group, max_length};
 //   std::size_t bytes = decode_workspace_bytes(shape);
 //   decode_attention(kv, q, q_strides, out, out_strides, shape, workspace, bytes, stream);
+//
+// The workspace needs no initialisation: the per-sequence counters that elect the combining
+// block are tagged with the launch, and the combining block resets its counter, so the same
+// workspace serves every later call (CUDA-graph replays included).
 #pragma once
 
 #include "simcalkv/cuda/common.cuh"
 #include "simcalkv/cuda/layout.cuh"
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <utility>
+
+// Hopper bulk copies (cp.async.bulk + mbarrier), an alternative loader for sm_90 and newer.
+// Off by default: on an H200 the 16-byte cp.async path measured faster (8k tokens per head, 2 GiB:
+// 0.535 against 0.562 ms ragged, 0.547 against 0.612 ms paged); define it as 1 to compare on sm_90.
+#ifndef SIMCALKV_DECODE_BULK
+#define SIMCALKV_DECODE_BULK 0
+#endif
+#if SIMCALKV_DECODE_BULK && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#undef SIMCALKV_DECODE_BULK
+#define SIMCALKV_DECODE_BULK 0
+#endif
 
 namespace simcalkv::cuda {
 
@@ -55,18 +74,11 @@ struct DecodeIO {
 
 namespace detail {
 
-inline constexpr int kDecodeTile = 32;
-inline constexpr int kDecodeStages = 4;
 inline constexpr int kDecodeThreads = 128;
-
-inline int decode_splits(const DecodeShape& shape) {
-  if (shape.splits > 0) return shape.splits;
-  int device = 0, sms = 132;
-  if (cudaGetDevice(&device) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  const long long target = 6LL * sms;
-  const long long most = std::max<long long>(1, ceil_div(shape.max_length, 256));
-  return static_cast<int>(std::clamp<long long>(ceil_div(target, std::max(1, shape.num_seqs)), 1, most));
-}
+inline constexpr int kDecodeTile = 32;  // CUDA-core kernel: entries per stage, 8 per warp
+inline constexpr int kDecodeStages = 4;
+inline constexpr int kMmaTile = 64;     // tensor-core kernel: entries per stage, 16 per warp
+inline constexpr int kMmaStages = 3;
 
 template <class T, class Q, class O, class Layout>
 struct DecodeParams {
@@ -74,15 +86,334 @@ struct DecodeParams {
   DecodeIO<Q, O> io;
   int splits;
   float scale;
-  float* part_acc;  // [S][G][splits][D]
-  float* part_ml;   // [S][G][splits][2]
+  float* part_acc;                // [S][G][splits][D]
+  float* part_ml;                 // [S][G][splits][2]
+  unsigned long long* tickets;    // [S]: which block of a sequence finishes last
 };
 
-template <class T, int D>
-struct DecodeSmem {
-  static constexpr std::size_t stage_bytes = 2 * sizeof(T) * kDecodeTile * D + sizeof(float) * kDecodeTile;
-  static constexpr std::size_t bytes = kDecodeStages * stage_bytes;
+// ---------------------------------------------------------------------------------------------
+// Streaming a block's K, V and bias rows through shared memory
+
+/// The rows of entries j0, j0 + TILE, j0 + 2 TILE, ... of one sequence, one tile after another:
+/// next(load) reads what entry() needs (nothing for the ragged layout, the page id for the paged
+/// one) and steps on, so that the read can be issued a stage before its value is used. Layouts
+/// other than these two go through Seq::entry.
+template <class Layout, int TILE>
+struct RowCursor {
+  using Seq = decltype(std::declval<const Layout&>().seq(0));
+  using Fetched = int64_t;
+  Seq seq;
+  int j;
+  __device__ __forceinline__ RowCursor(const Layout& layout, int s, int j0) : seq(layout.seq(s)), j(j0) {}
+  __device__ __forceinline__ Fetched next(bool load) {
+    const Fetched e = load ? seq.entry(j) : 0;
+    j += TILE;
+    return e;
+  }
+  __device__ __forceinline__ int64_t entry(Fetched e) const { return e; }
 };
+
+/// Paged: the page and the offset inside it are stepped by TILE rows (no division per tile), and
+/// the page-table entry is the only load.
+template <int TILE>
+struct RowCursor<PagedLayout, TILE> {
+  struct Fetched {
+    int32_t id;  // table[page]
+    int within;  // j % page_size
+  };
+  const int32_t* table;
+  int page_size, heads, head;
+  int page, within;             // j = page * page_size + within
+  int step_pages, step_within;  // TILE = step_pages * page_size + step_within
+  __device__ __forceinline__ RowCursor(const PagedLayout& layout, int s, int j0) {
+    const PagedLayout::Seq seq = layout.seq(s);
+    table = seq.table, page_size = seq.page_size, heads = seq.heads, head = seq.head;
+    page = j0 / page_size, within = j0 - page * page_size;
+    step_pages = TILE / page_size, step_within = TILE - step_pages * page_size;
+  }
+  __device__ __forceinline__ Fetched next(bool load) {
+    const Fetched f{load ? table[page] : 0, within};
+    page += step_pages, within += step_within;
+    if (within >= page_size) within -= page_size, ++page;
+    return f;
+  }
+  __device__ __forceinline__ int64_t entry(Fetched f) const {
+    return (static_cast<int64_t>(f.id) * page_size + f.within) * heads + head;
+  }
+};
+
+#if SIMCALKV_DECODE_BULK
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+}
+/// Makes initialised mbarriers visible to the async proxy (the bulk copies).
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
+  asm volatile(
+      "{\n"
+      ".reg .pred done;\n"
+      "WAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(parity)
+      : "memory");
+}
+/// One bulk copy global -> shared (16-byte aligned, a multiple of 16 bytes), completing on `bar`.
+__device__ __forceinline__ void bulk_copy(void* smem, const void* gmem, unsigned bytes, uint64_t* bar) {
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+               ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+}
+#endif
+
+/// One block's entries [begin, end) of a sequence, streamed through STAGES shared-memory stages
+/// of TILE rows: K [TILE][LD], V [TILE][LD] (16-byte aligned rows), bias [TILE].
+///
+/// The row of each entry of a tile is resolved by one thread per row (TILE threads) a stage
+/// before the tile's copies are issued, into Shared::rows; fetch(u) starts that resolution and
+/// prepare(u) finishes it, and the caller puts its compute in between, so the page-table load of
+/// the paged layout is hidden. On sm_90 each of 2 * TILE threads issues one bulk copy of a K or V
+/// row, completing on the stage's mbarrier, which prepare() has armed with the tile's byte count
+/// (one arrival, before the __syncthreads that precedes the copies); before sm_90, cp.async moves
+/// 16-byte chunks. The bias (4-byte aligned only) is cp.async with commit groups. Rows past `end`
+/// are zero in shared memory, so that masked entries (probability 0) add 0 * 0, never 0 * NaN,
+/// in P V.
+///
+/// Usage: start(); then for each tile t: wait(t); issue(t + STAGES - 1); pending = fetch(t +
+/// STAGES); compute on stage t % STAGES; prepare(t + STAGES, pending). finish() before reusing
+/// the stages.
+template <class T, int D, int TILE, int LD, int STAGES, int THREADS, class Layout>
+struct KvStream {
+  static_assert(2 * TILE <= THREADS, "one thread per K row and per V row");
+  static_assert(STAGES >= 2, "double buffering at least");
+  static constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
+  static constexpr int kChunks = kRowBytes / 16;
+  static constexpr std::size_t stage_bytes = 2 * sizeof(T) * TILE * LD + sizeof(float) * TILE;
+  static constexpr std::size_t bytes = STAGES * stage_bytes;
+  static_assert(stage_bytes % 16 == 0 && (LD * sizeof(T)) % 16 == 0, "16-byte aligned rows");
+
+  struct Shared {
+    int64_t rows[STAGES][TILE];  // row of each entry of a tile (slot u % STAGES); -1 past the end
+    uint64_t full[STAGES];       // sm_90: the stage's K and V rows have landed
+  };
+  using Cursor = RowCursor<Layout, TILE>;
+  struct Pending {
+    typename Cursor::Fetched f;
+    bool ok;
+  };
+
+  const T* keys;
+  const T* values;
+  const float* bias;
+  int64_t key_stride, value_stride;
+  unsigned char* smem;
+  Shared& sh;
+  int begin, end, tiles, tid;
+  Cursor cur;
+
+  __device__ __forceinline__ KvStream(const LayerKV<T, Layout>& kv, int s, int begin_, int end_, unsigned char* smem_,
+                                      Shared& sh_)
+      : keys(kv.keys),
+        values(kv.values),
+        bias(kv.bias),
+        key_stride(kv.key_stride),
+        value_stride(kv.value_stride),
+        smem(smem_),
+        sh(sh_),
+        begin(begin_),
+        end(end_),
+        tiles(static_cast<int>(ceil_div(end_ - begin_, TILE))),
+        tid(static_cast<int>(threadIdx.x)),
+        cur(kv.layout, s, begin_ + static_cast<int>(threadIdx.x)) {}
+
+  __device__ __forceinline__ T* k(int st) const { return reinterpret_cast<T*>(smem + st * stage_bytes); }
+  __device__ __forceinline__ T* v(int st) const { return k(st) + TILE * LD; }
+  __device__ __forceinline__ float* b(int st) const { return reinterpret_cast<float*>(v(st) + TILE * LD); }
+
+  /// Starts the resolution of tile u's rows (tiles in order, every thread calls it).
+  __device__ __forceinline__ Pending fetch(int u) {
+    const bool ok = tid < TILE && begin + u * TILE + tid < end;
+    return Pending{cur.next(ok), ok};
+  }
+  /// Finishes it, and arms the barrier of tile u's stage with the bytes its copies will bring.
+  /// The stage's previous phase (tile u - STAGES) is complete and every thread has waited for it.
+  __device__ __forceinline__ void prepare(int u, const Pending& pd) {
+    if (tid < TILE) sh.rows[u % STAGES][tid] = pd.ok ? cur.entry(pd.f) : -1;
+#if SIMCALKV_DECODE_BULK
+    if (tid == 0 && u < tiles) {
+      const int valid = min(TILE, end - (begin + u * TILE));
+      mbar_arrive_expect_tx(&sh.full[u % STAGES], static_cast<unsigned>(2 * valid * kRowBytes));
+    }
+#endif
+  }
+
+  /// Resolves the first STAGES tiles (their loads in flight together) and issues STAGES - 1.
+  __device__ __forceinline__ void start() {
+#if SIMCALKV_DECODE_BULK
+    if (tid == 0) {
+#pragma unroll
+      for (int st = 0; st < STAGES; ++st) mbar_init(&sh.full[st], 1);  // prepare()'s arrival
+      mbar_init_fence();
+    }
+#endif
+    Pending pd[STAGES];
+#pragma unroll
+    for (int u = 0; u < STAGES; ++u) pd[u] = fetch(u);
+#pragma unroll
+    for (int u = 0; u < STAGES; ++u) prepare(u, pd[u]);
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < STAGES - 1; ++u) issue(u);
+  }
+
+  /// Issues the copies of tile u into stage u % STAGES (nothing past the last tile), and commits
+  /// a cp.async group either way so that wait() counts groups by tile.
+  __device__ __forceinline__ void issue(int u) {
+    if (u < tiles) {
+      const int st = u % STAGES;
+#if SIMCALKV_DECODE_BULK
+      if (tid < 2 * TILE) {
+        const int r = tid % TILE;
+        const bool is_v = tid >= TILE;
+        const int64_t e = sh.rows[st][r];
+        T* dst = (is_v ? v(st) : k(st)) + r * LD;
+        if (e >= 0) {
+          bulk_copy(dst, is_v ? values + e * value_stride : keys + e * key_stride, kRowBytes, &sh.full[st]);
+        } else {
+#pragma unroll
+          for (int q = 0; q < kChunks; ++q) reinterpret_cast<uint4*>(dst)[q] = make_uint4(0u, 0u, 0u, 0u);
+        }
+      }
+#else
+      for (int i = tid; i < TILE * kChunks; i += THREADS) {
+        const int r = i / kChunks, q = i % kChunks;
+        const int64_t e = sh.rows[st][r];
+        const bool ok = e >= 0;
+        const int64_t row = ok ? e : 0;
+        cp_async16(k(st) + r * LD + q * 8, keys + row * key_stride + q * 8, ok);
+        cp_async16(v(st) + r * LD + q * 8, values + row * value_stride + q * 8, ok);
+      }
+#endif
+      if (tid < TILE) {
+        const int64_t e = sh.rows[st][tid];
+        cp_async4(b(st) + tid, bias + (e >= 0 ? e : 0), e >= 0);
+      }
+    }
+    cp_async_commit();
+  }
+
+  /// Waits until tile t is in stage t % STAGES for every thread (and every thread is done with
+  /// the stage that the next issue() overwrites).
+  __device__ __forceinline__ void wait(int t) {
+    cp_async_wait<STAGES - 2>();
+#if SIMCALKV_DECODE_BULK
+    mbar_wait(&sh.full[t % STAGES], static_cast<unsigned>(t / STAGES) & 1u);
+#endif
+    __syncthreads();
+  }
+
+  /// No copy in flight afterwards (every issued tile has been waited for, but for empty groups).
+  __device__ __forceinline__ void finish() { cp_async_wait<0>(); }
+};
+
+template <class T, int D, class Layout>
+using FmaStream = KvStream<T, D, kDecodeTile, D, kDecodeStages, kDecodeThreads, Layout>;
+template <class T, int D, class Layout>
+using MmaStream = KvStream<T, D, kMmaTile, D + 8, kMmaStages, kDecodeThreads, Layout>;  // padded rows
+
+// ---------------------------------------------------------------------------------------------
+// Combining the splits
+
+/// Whether this block is the last of its sequence's `splits` blocks to get here; the last one
+/// resets the counter to 0 for the next call. The counter holds a tag of the launch (high half,
+/// from %gridid) and the count (low half): a value with another tag (a fresh workspace's garbage)
+/// counts as 0, so the workspace needs no initialisation.
+__device__ __forceinline__ bool last_of_splits(unsigned long long* counter, int splits) {
+  unsigned long long grid;
+  asm("mov.u64 %0, %%gridid;\n" : "=l"(grid));
+  const unsigned long long tag =
+      static_cast<unsigned long long>(static_cast<uint32_t>((grid * 0x9e3779b97f4a7c15ull) >> 32) | 1u) << 32;
+  unsigned long long seen = 0, want;
+  for (;;) {
+    want = (seen & 0xffffffff00000000ull) == tag ? seen + 1 : (tag | 1u);
+    const unsigned long long prev = atomicCAS(counter, seen, want);
+    if (prev == seen) break;
+    seen = prev;
+  }
+  if (static_cast<uint32_t>(want) < static_cast<uint32_t>(splits)) return false;
+  atomicExch(counter, 0ull);
+  return true;
+}
+
+/// The end of both kernels: red_acc [WARPS][G][D] and red_ml [WARPS][G] (max, sum) hold the
+/// warps' partial results in shared memory. With one split the block writes the output; with
+/// more it writes its partial to the workspace, and the last block of the sequence combines the
+/// partials in split order (deterministic, the same arithmetic as a separate combine pass).
+template <int D, int G, int WARPS, class T, class Q, class O, class Layout>
+__device__ __forceinline__ void decode_finish(const DecodeParams<T, Q, O, Layout>& p, const float* red_acc,
+                                              const float (*red_ml)[G][2], int s, int x) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
+  for (int i = tid; i < G * D; i += kDecodeThreads) {
+    const int gg = i / D, d = i % D;
+    float mm = kNegInf;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) mm = fmaxf(mm, red_ml[w][gg][0]);
+    float ll = 0.0f, aa = 0.0f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+      const float f = exp_diff(red_ml[w][gg][0], mm);
+      ll += red_ml[w][gg][1] * f;
+      aa += red_acc[(w * G + gg) * D + d] * f;
+    }
+    if (p.splits == 1) {
+      O* out = p.io.out + b * p.io.out_request_stride + (h * G + gg) * p.io.out_head_stride;
+      out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
+    } else {
+      const int64_t slot = (static_cast<int64_t>(s) * G + gg) * p.splits + x;
+      p.part_acc[slot * D + d] = aa;
+      if (d == 0) {
+        p.part_ml[slot * 2] = mm;
+        p.part_ml[slot * 2 + 1] = ll;
+      }
+    }
+  }
+  if (p.splits == 1) return;
+  __shared__ bool last;
+  __threadfence();  // the partials are visible GPU-wide before the ticket is taken
+  __syncthreads();
+  if (tid == 0) last = last_of_splits(p.tickets + s, p.splits);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();  // acquire the other blocks' partials; read them from L2 (__ldcg), not L1
+  for (int i = tid; i < G * D; i += kDecodeThreads) {
+    const int gg = i / D, d = i % D;
+    const int64_t base = (static_cast<int64_t>(s) * G + gg) * p.splits;
+    float mm = kNegInf;
+    for (int xx = 0; xx < p.splits; ++xx) mm = fmaxf(mm, __ldcg(p.part_ml + (base + xx) * 2));
+    float ll = 0.0f, aa = 0.0f;
+    for (int xx = 0; xx < p.splits; ++xx) {
+      const float f = exp_diff(__ldcg(p.part_ml + (base + xx) * 2), mm);
+      ll += __ldcg(p.part_ml + (base + xx) * 2 + 1) * f;
+      aa += __ldcg(p.part_acc + (base + xx) * D + d) * f;
+    }
+    O* out = p.io.out + b * p.io.out_request_stride + (h * G + gg) * p.io.out_head_stride;
+    out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA-core decode
 
 /// grid (splits, S), 128 threads.
 template <class T, int D, int G, class Q, class O, class Layout>
@@ -92,9 +423,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
   constexpr int WARPS = kDecodeThreads / 32;
   constexpr int ROWS_PER_WARP = kDecodeTile / WARPS;
   constexpr int PASSES = ROWS_PER_WARP / RPP;
-  constexpr int CHUNKS = D * static_cast<int>(sizeof(T)) / 16;
-  using Smem = DecodeSmem<T, D>;
+  using Stream = FmaStream<T, D, Layout>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ typename Stream::Shared stream_sh;
   __shared__ float red_ml[WARPS][G][2];
 
   const int x = blockIdx.x, s = blockIdx.y;
@@ -104,7 +435,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
   const int per = static_cast<int>(ceil_div(ceil_div(n, p.splits), kDecodeTile) * kDecodeTile);
   const int begin = min(n, x * per), end = min(n, begin + per);
   const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
-  const auto seq = p.kv.layout.seq(s);
+  Stream kv(p.kv, s, begin, end, smem_raw, stream_sh);
+  kv.start();
 
   // Pre-scaled queries: 8 dims (chunk ch) of each of the G heads.
   float qf[G][8];
@@ -123,45 +455,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
     for (int i = 0; i < 8; ++i) acc[g][i] = 0.0f;
   }
 
-  auto stage_k = [&](int st) { return reinterpret_cast<T*>(smem_raw + st * Smem::stage_bytes); };
-  auto stage_v = [&](int st) { return stage_k(st) + kDecodeTile * D; };
-  auto stage_b = [&](int st) { return reinterpret_cast<float*>(stage_v(st) + kDecodeTile * D); };
-  const int tiles = static_cast<int>(ceil_div(end - begin, kDecodeTile));
-  auto load = [&](int t) {
-    if (t >= tiles) return;
+  for (int t = 0; t < kv.tiles; ++t) {
+    kv.wait(t);
+    kv.issue(t + kDecodeStages - 1);
+    const auto ahead = kv.fetch(t + kDecodeStages);
     const int st = t % kDecodeStages;
-    const int j0 = begin + t * kDecodeTile;
-    const int valid = min(kDecodeTile, end - j0);
-    T* ks = stage_k(st);
-    T* vs = stage_v(st);
-    for (int i = tid; i < kDecodeTile * CHUNKS; i += kDecodeThreads) {
-      const int r = i / CHUNKS, q = i % CHUNKS;
-      const bool ok = r < valid;
-      const int64_t e = ok ? seq.entry(j0 + r) : 0;
-      cp_async16(ks + r * D + q * 8, p.kv.keys + e * p.kv.key_stride + q * 8, ok);
-      cp_async16(vs + r * D + q * 8, p.kv.values + e * p.kv.value_stride + q * 8, ok);
-    }
-    if (tid < kDecodeTile) {
-      const bool ok = tid < valid;
-      const int64_t e = ok ? seq.entry(j0 + tid) : 0;
-      cp_async4(stage_b(st) + tid, p.kv.bias + e, ok);
-    }
-  };
-#pragma unroll
-  for (int t = 0; t < kDecodeStages - 1; ++t) {
-    load(t);
-    cp_async_commit();
-  }
-
-  for (int t = 0; t < tiles; ++t) {
-    cp_async_wait<kDecodeStages - 2>();
-    __syncthreads();
-    load(t + kDecodeStages - 1);
-    cp_async_commit();
-    const int st = t % kDecodeStages;
-    const T* ks = stage_k(st);
-    const T* vs = stage_v(st);
-    const float* bs = stage_b(st);
+    const T* ks = kv.k(st);
+    const T* vs = kv.v(st);
+    const float* bs = kv.b(st);
     const int j0 = begin + t * kDecodeTile;
     float lg[PASSES][G];
 #pragma unroll
@@ -211,8 +512,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
 #pragma unroll
         for (int i = 0; i < 8; ++i) acc[g][i] = fmaf(lg[ps][g], v[i], acc[g][i]);
     }
+    kv.prepare(t + kDecodeStages, ahead);
   }
-  cp_async_wait<0>();
+  kv.finish();
   // Rows of a warp share m and l: add their accumulators.
 #pragma unroll
   for (int g = 0; g < G; ++g)
@@ -236,38 +538,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
     }
   }
   __syncthreads();
-  for (int i = tid; i < G * D; i += kDecodeThreads) {
-    const int g = i / D, d = i % D;
-    float mm = kNegInf;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) mm = fmaxf(mm, red_ml[w][g][0]);
-    float ll = 0.0f, aa = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-      const float f = exp_diff(red_ml[w][g][0], mm);
-      ll += red_ml[w][g][1] * f;
-      aa += red_acc[(w * G + g) * D + d] * f;
-    }
-    if (p.splits == 1) {
-      O* out = p.io.out + b * p.io.out_request_stride + (h * G + g) * p.io.out_head_stride;
-      out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
-    } else {
-      const int64_t slot = (static_cast<int64_t>(s) * G + g) * p.splits + x;
-      p.part_acc[slot * D + d] = aa;
-      if (d == 0) {
-        p.part_ml[slot * 2] = mm;
-        p.part_ml[slot * 2 + 1] = ll;
-      }
-    }
-  }
+  decode_finish<D, G, WARPS>(p, red_acc, red_ml, s, x);
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core decode
-
-inline constexpr int kMmaTile = 64;    // entries per stage: 16 per warp
-inline constexpr int kMmaStages = 3;
 
 /// D += A * B for one m16n8k16 tile (fragments as the PTX ISA lays them out).
 template <class T>
@@ -293,13 +568,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem)
                : "r"(a));
 }
 
-template <class T, int D>
-struct MmaSmem {
-  static constexpr int ld = D + 8;  // padded rows: conflict-free fragment loads and ldmatrix
-  static constexpr std::size_t stage_bytes = 2 * sizeof(T) * kMmaTile * ld + sizeof(float) * kMmaTile;
-  static constexpr std::size_t bytes = kMmaStages * stage_bytes;
-};
-
 /// grid (splits, S), 128 threads: 4 warps, each 16 entries of every 64-entry stage.
 template <class T, int D, int G, class Q, class O, class Layout>
 __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams<T, Q, O, Layout> p) {
@@ -308,10 +576,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
   constexpr int NB = D / 8;           // n-blocks of P V
   constexpr int NQ = std::is_same_v<Q, float> ? 2 : 1;  // float queries: hi + lo terms
   constexpr int WARPS = kDecodeThreads / 32;
-  constexpr int LD = MmaSmem<T, D>::ld;
-  constexpr int CHUNKS = D * static_cast<int>(sizeof(T)) / 16;
-  using Smem = MmaSmem<T, D>;
+  constexpr int LD = D + 8;  // padded rows: conflict-free fragment loads and ldmatrix
+  using Stream = MmaStream<T, D, Layout>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ typename Stream::Shared stream_sh;
   __shared__ float red_ml[WARPS][G][2];
 
   const int x = blockIdx.x, s = blockIdx.y;
@@ -321,7 +589,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
   const int per = static_cast<int>(ceil_div(ceil_div(n, p.splits), kMmaTile) * kMmaTile);
   const int begin = min(n, x * per), end = min(n, begin + per);
   const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
-  const auto seq = p.kv.layout.seq(s);
+  Stream kv(p.kv, s, begin, end, smem_raw, stream_sh);
+  kv.start();  // the first copies fly while the queries load
 
   // Q as the A operand: row g (query head), 16 dims per k-step; rows 8..15 are zero.
   uint32_t qa[KS][2], ql[KS][2];
@@ -345,46 +614,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
   for (int i = 0; i < NB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
   float m = kNegInf, l = 0.0f;  // row g's running max and sum (all four lanes of the row agree)
 
-  auto stage_k = [&](int st) { return reinterpret_cast<T*>(smem_raw + st * Smem::stage_bytes); };
-  auto stage_v = [&](int st) { return stage_k(st) + kMmaTile * LD; };
-  auto stage_b = [&](int st) { return reinterpret_cast<float*>(stage_v(st) + kMmaTile * LD); };
-  const int tiles = static_cast<int>(ceil_div(end - begin, kMmaTile));
-  auto load = [&](int t) {
-    if (t >= tiles) return;
-    const int st = t % kMmaStages;
-    const int j0 = begin + t * kMmaTile;
-    const int valid = min(kMmaTile, end - j0);
-    T* ks = stage_k(st);
-    T* vs = stage_v(st);
-    for (int i = tid; i < kMmaTile * CHUNKS; i += kDecodeThreads) {
-      const int r = i / CHUNKS, q = i % CHUNKS;
-      const bool ok = r < valid;
-      const int64_t e = ok ? seq.entry(j0 + r) : 0;
-      cp_async16(ks + r * LD + q * 8, p.kv.keys + e * p.kv.key_stride + q * 8, ok);
-      cp_async16(vs + r * LD + q * 8, p.kv.values + e * p.kv.value_stride + q * 8, ok);
-    }
-    if (tid < kMmaTile) {
-      const bool ok = tid < valid;
-      const int64_t e = ok ? seq.entry(j0 + tid) : 0;
-      cp_async4(stage_b(st) + tid, p.kv.bias + e, ok);
-    }
-  };
-#pragma unroll
-  for (int t = 0; t < kMmaStages - 1; ++t) {
-    load(t);
-    cp_async_commit();
-  }
-
   const int e0 = warp * 16;  // this warp's entries within a stage
-  for (int t = 0; t < tiles; ++t) {
-    cp_async_wait<kMmaStages - 2>();
-    __syncthreads();
-    load(t + kMmaStages - 1);
-    cp_async_commit();
+  for (int t = 0; t < kv.tiles; ++t) {
+    kv.wait(t);
+    kv.issue(t + kMmaStages - 1);
+    const auto ahead = kv.fetch(t + kMmaStages);
     const int st = t % kMmaStages;
-    const T* ks = stage_k(st);
-    const T* vs = stage_v(st);
-    const float* bs = stage_b(st);
+    const T* ks = kv.k(st);
+    const T* vs = kv.v(st);
+    const float* bs = kv.b(st);
     const int j0 = begin + t * kMmaTile;
     // S = Q K^T for entries e0 .. e0 + 15 (two n-blocks of 8).
     float sacc[2][4];
@@ -442,8 +680,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
       mma16816<T>(o[2 * nbp + 1], pa0, 0u, pa2, 0u, vb[2], vb[3]);
       mma16816<T>(o[2 * nbp + 1], pl0, 0u, pl2, 0u, vb[2], vb[3]);
     }
+    kv.prepare(t + kMmaStages, ahead);
   }
-  cp_async_wait<0>();
+  kv.finish();
   __syncthreads();  // the stages are reused for the cross-warp reduction
   float* red_acc = reinterpret_cast<float*>(smem_raw);  // [WARPS][G][D]
   if (g < G) {
@@ -458,127 +697,197 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
     }
   }
   __syncthreads();
-  for (int i = tid; i < G * D; i += kDecodeThreads) {
-    const int gg = i / D, d = i % D;
-    float mm = kNegInf;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) mm = fmaxf(mm, red_ml[w][gg][0]);
-    float ll = 0.0f, aa = 0.0f;
-#pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-      const float f = exp_diff(red_ml[w][gg][0], mm);
-      ll += red_ml[w][gg][1] * f;
-      aa += red_acc[(w * G + gg) * D + d] * f;
-    }
-    if (p.splits == 1) {
-      O* out = p.io.out + b * p.io.out_request_stride + (h * G + gg) * p.io.out_head_stride;
-      out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
-    } else {
-      const int64_t slot = (static_cast<int64_t>(s) * G + gg) * p.splits + x;
-      p.part_acc[slot * D + d] = aa;
-      if (d == 0) {
-        p.part_ml[slot * 2] = mm;
-        p.part_ml[slot * 2 + 1] = ll;
-      }
-    }
-  }
+  decode_finish<D, G, WARPS>(p, red_acc, red_ml, s, x);
 }
 
-template <class Q, class O>
-struct CombineParams {
-  DecodeIO<Q, O> io;
-  int num_kv_heads;
-  int group;
-  int head_dim;
-  int splits;
-  const float* part_acc;
-  const float* part_ml;
+// ---------------------------------------------------------------------------------------------
+// Launch: the number of splits, the workspace
+
+/// What the split rule needs of the current GPU.
+struct DecodeDevice {
+  int sms = 132;
+  int smem_per_sm = 228 * 1024;
+  int smem_reserved = 1024;  // per block
+  int threads_per_sm = 2048;
+  int blocks_per_sm = 32;
 };
 
-/// grid (S), G * D threads.
-template <class Q, class O>
-__global__ void decode_combine_kernel(CombineParams<Q, O> p) {
-  const int s = blockIdx.x;
-  const int g = threadIdx.x / p.head_dim, d = threadIdx.x % p.head_dim;
-  const int b = s / p.num_kv_heads, h = s % p.num_kv_heads;
-  const int64_t base = (static_cast<int64_t>(s) * p.group + g) * p.splits;
-  float mm = kNegInf;
-  for (int x = 0; x < p.splits; ++x) mm = fmaxf(mm, p.part_ml[(base + x) * 2]);
-  float ll = 0.0f, aa = 0.0f;
-  for (int x = 0; x < p.splits; ++x) {
-    const float f = exp_diff(p.part_ml[(base + x) * 2], mm);
-    ll += p.part_ml[(base + x) * 2 + 1] * f;
-    aa += p.part_acc[(base + x) * p.head_dim + d] * f;
+inline DecodeDevice decode_device() {
+  DecodeDevice d;
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess) return d;
+  auto get = [&](int& v, cudaDeviceAttr a) {
+    int x = 0;
+    if (cudaDeviceGetAttribute(&x, a, device) == cudaSuccess && x > 0) v = x;
+  };
+  get(d.sms, cudaDevAttrMultiProcessorCount);
+  get(d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor);
+  get(d.smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock);
+  get(d.threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor);
+  get(d.blocks_per_sm, cudaDevAttrMaxBlocksPerMultiprocessor);
+  return d;
+}
+
+/// Shared memory of the kernel for this shape: the stages, and the static part but for the
+/// small reduction arrays (the same for both 16-bit storage types and both layouts).
+template <int D>
+constexpr std::size_t decode_smem_bytes(bool tensor_cores) {
+  using M = MmaStream<bf16, D, RaggedLayout>;
+  using F = FmaStream<bf16, D, RaggedLayout>;
+  return tensor_cores ? M::bytes + sizeof(typename M::Shared) : F::bytes + sizeof(typename F::Shared);
+}
+
+/// Resident blocks per SM allowed by shared memory and threads alone: an upper bound of the
+/// kernel's occupancy that needs no kernel instance (it sizes the workspace).
+inline int decode_blocks_bound(const DecodeShape& shape, const DecodeDevice& dev) {
+  const std::size_t smem =
+      shape.head_dim == 64 ? decode_smem_bytes<64>(shape.tensor_cores) : decode_smem_bytes<128>(shape.tensor_cores);
+  const std::size_t per_block = smem + static_cast<std::size_t>(dev.smem_reserved);
+  const int by_smem = static_cast<int>(static_cast<std::size_t>(dev.smem_per_sm) / per_block);
+  return std::max(1, std::min({by_smem, dev.threads_per_sm / kDecodeThreads, dev.blocks_per_sm}));
+}
+
+inline constexpr long long kSplitMinEntries = 256;  // a split streams at least this many entries
+inline constexpr long long kSplitMaxWaves = 4;      // more blocks than this many waves never pay
+inline constexpr long long kSplitOverhead = 64;     // a block's start, partial and combine, in entries
+
+/// The most splits the rule picks with `blocks_per_sm` resident blocks (it grows with them).
+inline int decode_max_splits(const DecodeShape& shape, int sms, int blocks_per_sm) {
+  if (shape.splits > 0) return shape.splits;
+  const long long slots = static_cast<long long>(std::max(1, sms)) * std::max(1, blocks_per_sm);
+  const long long by_length = ceil_div(std::max(1, shape.max_length), kSplitMinEntries);
+  const long long by_waves = ceil_div(kSplitMaxWaves * slots, std::max(1, shape.num_seqs));
+  return static_cast<int>(std::max(1LL, std::min(by_length, by_waves)));
+}
+
+/// Splits per sequence: the count that minimises a model of the time. The kernel is bound by
+/// DRAM bandwidth, which about 1.125 resident blocks per SM saturate (120 single blocks on 132
+/// SMs reach ~0.8 of it); blocks run in waves of `slots` (SMs x occupancy), and a wave of r
+/// blocks takes (entries per block + a fixed cost) x max(r, saturating blocks). So a last wave
+/// that still saturates costs only its share, and one that does not costs as if it did. With
+/// 504 sequences of 8192 on 264 slots that picks 1 split; with 120 of 32768, 2 (240 blocks);
+/// as measured on the H200.
+inline int decode_choose_splits(const DecodeShape& shape, int sms, int blocks_per_sm) {
+  if (shape.splits > 0) return shape.splits;
+  const long long tile = shape.tensor_cores ? kMmaTile : kDecodeTile;
+  const long long sm = std::max(1, sms);
+  const long long slots = sm * std::max(1, blocks_per_sm);
+  const long long saturating = std::min(slots, sm + sm / 8);
+  const long long seqs = std::max(1, shape.num_seqs), n = std::max(1, shape.max_length);
+  const int most = decode_max_splits(shape, sms, blocks_per_sm);
+  int best = 1;
+  long long best_cost = LLONG_MAX;
+  for (int x = 1; x <= most; ++x) {
+    const long long per = ceil_div(ceil_div(n, x), tile) * tile;  // as the kernels cut a sequence
+    const long long blocks = seqs * x, rest = blocks % slots;
+    const long long width = blocks / slots * slots + (rest > 0 ? std::max(rest, saturating) : 0);
+    const long long cost = width * (per + kSplitOverhead);
+    if (cost < best_cost) best = x, best_cost = cost;  // ties: fewer splits
   }
-  O* out = p.io.out + b * p.io.out_request_stride + (h * p.group + g) * p.io.out_head_stride;
-  out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
+  return best;
+}
+
+/// The splits decode_attention uses when the kernel's occupancy is the shared-memory bound (which
+/// it is for the tensor-core kernels on sm_90: they use fewer registers than that allows).
+inline int decode_splits(const DecodeShape& shape) {
+  const DecodeDevice dev = decode_device();
+  return decode_choose_splits(shape, dev.sms, decode_blocks_bound(shape, dev));
+}
+
+/// The workspace: tickets [S], partial accumulators [S][G][max_splits][D], (max, sum) pairs
+/// [S][G][max_splits][2]; a call with fewer splits uses the front of each.
+struct DecodeWork {
+  unsigned long long* tickets = nullptr;
+  float* acc = nullptr;
+  float* ml = nullptr;
+  int max_splits = 1;
+  int blocks_bound = 1;
+  DecodeDevice dev;
+};
+
+inline DecodeWork decode_carve(const DecodeShape& shape, void* base, std::size_t* bytes) {
+  DecodeWork w;
+  w.dev = decode_device();
+  w.blocks_bound = decode_blocks_bound(shape, w.dev);
+  w.max_splits = decode_max_splits(shape, w.dev.sms, w.blocks_bound);
+  if (w.max_splits <= 1) {
+    *bytes = 256;
+    return w;
+  }
+  const std::size_t slots = static_cast<std::size_t>(shape.num_seqs) * shape.group * w.max_splits;
+  Carver c(base);
+  w.tickets = c.take<unsigned long long>(static_cast<std::size_t>(shape.num_seqs));
+  w.acc = c.take<float>(slots * shape.head_dim);
+  w.ml = c.take<float>(slots * 2);
+  *bytes = c.bytes();
+  return w;
 }
 
 template <class T, int D, int G, class Q, class O, class Layout>
-cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape, int splits,
-                          float* part_acc, float* part_ml, cudaStream_t stream) {
-  DecodeParams<T, Q, O, Layout> p{kv, io, splits, io.scale != 0.0f ? io.scale : 1.0f / std::sqrt(static_cast<float>(D)),
-                                  part_acc, part_ml};
-  static_assert(DecodeSmem<T, D>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
-  static_assert(MmaSmem<T, D>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
-  const std::size_t smem = shape.tensor_cores ? MmaSmem<T, D>::bytes : DecodeSmem<T, D>::bytes;
+cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape,
+                          const DecodeWork& work, cudaStream_t stream) {
+  static_assert(FmaStream<T, D, Layout>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
+  static_assert(MmaStream<T, D, Layout>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
+  const std::size_t smem = shape.tensor_cores ? MmaStream<T, D, Layout>::bytes : FmaStream<T, D, Layout>::bytes;
   auto kernel = shape.tensor_cores ? decode_mma_kernel<T, D, G, Q, O, Layout> : decode_kernel<T, D, G, Q, O, Layout>;
   if (smem > 48 * 1024)
     SIMCALKV_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  kernel<<<dim3(splits, shape.num_seqs), kDecodeThreads, smem, stream>>>(p);
-  SIMCALKV_CUDA_TRY(cudaGetLastError());
-  if (splits > 1) {
-    CombineParams<Q, O> c{io, shape.num_kv_heads, G, D, splits, part_acc, part_ml};
-    decode_combine_kernel<Q, O><<<shape.num_seqs, G * D, 0, stream>>>(c);
-    SIMCALKV_CUDA_TRY(cudaGetLastError());
+  int splits = shape.splits;
+  if (splits <= 0) {
+    int occupancy = 0;
+    SIMCALKV_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kDecodeThreads, smem));
+    occupancy = std::clamp(occupancy, 1, work.blocks_bound);  // within the bound the workspace was sized by
+    splits = std::min(decode_choose_splits(shape, work.dev.sms, occupancy), work.max_splits);
   }
-  return cudaSuccess;
+  const float scale = io.scale != 0.0f ? io.scale : 1.0f / std::sqrt(static_cast<float>(D));
+  DecodeParams<T, Q, O, Layout> p{kv, io, splits, scale, work.acc, work.ml, work.tickets};
+  kernel<<<dim3(splits, shape.num_seqs), kDecodeThreads, smem, stream>>>(p);
+  return cudaGetLastError();
 }
 
 template <class T, int D, class Q, class O, class Layout>
 cudaError_t decode_dispatch_group(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape,
-                                  int splits, float* acc, float* ml, cudaStream_t stream) {
+                                  const DecodeWork& work, cudaStream_t stream) {
   switch (shape.group) {
-    case 1: return decode_launch<T, D, 1>(kv, io, shape, splits, acc, ml, stream);
-    case 2: return decode_launch<T, D, 2>(kv, io, shape, splits, acc, ml, stream);
-    case 3: return decode_launch<T, D, 3>(kv, io, shape, splits, acc, ml, stream);
-    case 4: return decode_launch<T, D, 4>(kv, io, shape, splits, acc, ml, stream);
-    case 5: return decode_launch<T, D, 5>(kv, io, shape, splits, acc, ml, stream);
-    case 6: return decode_launch<T, D, 6>(kv, io, shape, splits, acc, ml, stream);
-    case 7: return decode_launch<T, D, 7>(kv, io, shape, splits, acc, ml, stream);
-    case 8: return decode_launch<T, D, 8>(kv, io, shape, splits, acc, ml, stream);
+    case 1: return decode_launch<T, D, 1>(kv, io, shape, work, stream);
+    case 2: return decode_launch<T, D, 2>(kv, io, shape, work, stream);
+    case 3: return decode_launch<T, D, 3>(kv, io, shape, work, stream);
+    case 4: return decode_launch<T, D, 4>(kv, io, shape, work, stream);
+    case 5: return decode_launch<T, D, 5>(kv, io, shape, work, stream);
+    case 6: return decode_launch<T, D, 6>(kv, io, shape, work, stream);
+    case 7: return decode_launch<T, D, 7>(kv, io, shape, work, stream);
+    case 8: return decode_launch<T, D, 8>(kv, io, shape, work, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
 }  // namespace detail
 
-/// Workspace bytes for decode_attention with this shape.
+/// Workspace bytes for decode_attention with this shape (on the current device).
 inline std::size_t decode_workspace_bytes(const DecodeShape& shape) {
-  const int splits = detail::decode_splits(shape);
-  if (splits <= 1) return 256;
-  const std::size_t slots = static_cast<std::size_t>(shape.num_seqs) * shape.group * splits;
-  return detail::align_up(slots * shape.head_dim * sizeof(float), 256) + detail::align_up(slots * 2 * sizeof(float), 256);
+  std::size_t bytes = 0;
+  detail::decode_carve(shape, nullptr, &bytes);
+  return bytes;
 }
 
-/// Decode attention of one layer (see the file comment); asynchronous on `stream`.
+/// Decode attention of one layer (see the file comment); asynchronous on `stream`. The workspace
+/// needs no initialisation and may be reused by the next call right away (stream order).
 template <class T, class Layout, class Q, class O>
 cudaError_t decode_attention(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape,
                              void* workspace, std::size_t workspace_bytes, cudaStream_t stream = nullptr) {
   static_assert(is_storage_v<T>, "storage must be bf16 or fp16");
   if (shape.num_seqs <= 0) return cudaSuccess;
   if (shape.num_kv_heads <= 0 || shape.num_seqs % shape.num_kv_heads != 0) return cudaErrorInvalidValue;
-  if (workspace_bytes < decode_workspace_bytes(shape)) return cudaErrorInvalidValue;
-  const int splits = detail::decode_splits(shape);
-  const std::size_t slots = static_cast<std::size_t>(shape.num_seqs) * shape.group * splits;
-  float* acc = static_cast<float*>(workspace);
-  float* ml = reinterpret_cast<float*>(static_cast<char*>(workspace) +
-                                       detail::align_up(slots * shape.head_dim * sizeof(float), 256));
+  std::size_t need = 0;
+  const detail::DecodeWork work = detail::decode_carve(shape, workspace, &need);
+  if (workspace_bytes < need) return cudaErrorInvalidValue;
   switch (shape.head_dim) {
-    case 64: return detail::decode_dispatch_group<T, 64>(kv, io, shape, splits, acc, ml, stream);
-    case 128: return detail::decode_dispatch_group<T, 128>(kv, io, shape, splits, acc, ml, stream);
+    case 64: return detail::decode_dispatch_group<T, 64>(kv, io, shape, work, stream);
+    case 128: return detail::decode_dispatch_group<T, 128>(kv, io, shape, work, stream);
     default: return cudaErrorInvalidValue;
   }
 }
 
 }  // namespace simcalkv::cuda
+
+#undef SIMCALKV_DECODE_BULK

@@ -30,6 +30,7 @@
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
 
+#include <algorithm>
 #include <cmath>
 
 namespace simcalkv::cuda {
@@ -283,6 +284,21 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   const int max_len = shape.max_length;
   const int64_t N = shape.total_length;
 
+  // The largest budget any sequence can get, known on the host (budget_for is monotonic in the
+  // length): the merge and compaction grids need no blocks past it. Explicit or AdaKV budgets can
+  // reach the length.
+  int max_budget = max_len;
+  if (!explicit_budgets && !plan.adakv) {
+    long long b = max_len;
+    switch (rule.kind) {
+      case BudgetKind::entries: b = static_cast<long long>(rule.value); break;
+      case BudgetKind::keep_fraction: b = std::llround(rule.value * static_cast<double>(max_len)); break;
+      case BudgetKind::compress_ratio: b = std::llround((1.0 - rule.value) * static_cast<double>(max_len)); break;
+    }
+    max_budget = static_cast<int>(std::clamp<long long>(std::max<long long>(b, sinks + recent), 0, std::max(max_len, 0)));
+  }
+  const unsigned budget_chunks = static_cast<unsigned>(ceil_div(std::max(max_budget, 1), 64));
+
   plan_kernel<<<1, 1024, 0, stream>>>(PlanKernelParams{kv.lengths, S, rule, explicit_budgets, sinks, recent, b.ws_off,
                                                       b.budgets});
   SIMCALKV_CUDA_TRY(cudaGetLastError());
@@ -417,7 +433,7 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     mp.merge_keys = cfg.merge_keys;
     const std::size_t msmem = MergeSmem<T, D, NA>::bytes;
     SIMCALKV_CUDA_TRY(allow_smem(merge_kernel<T, D, NA, Layout>, msmem));
-    merge_kernel<T, D, NA, Layout><<<dim3(static_cast<unsigned>(ceil_div(max_len, 64)), S), kTileThreads, msmem, stream>>>(mp);
+    merge_kernel<T, D, NA, Layout><<<dim3(budget_chunks, S), kTileThreads, msmem, stream>>>(mp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("merge", stream);
   }
@@ -426,7 +442,8 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   SIMCALKV_CUDA_TRY(
       cudaMemsetAsync(b.flags, 0, sizeof(int) * static_cast<std::size_t>(S) * plan.chunks_per_seq, stream));
   CompactParams<T, Layout> cp{kv, b.ws_off, b.budgets, b.order, plan.chunks_per_seq, b.ticket, b.flags};
-  compact_kernel<T, D, Layout><<<dim3(plan.chunks_per_seq, S), 256, 0, stream>>>(cp);
+  static_assert(kCompactChunk == 64, "one compaction block per 64 budget slots");
+  compact_kernel<T, D, Layout><<<dim3(std::min<unsigned>(budget_chunks, plan.chunks_per_seq), S), 256, 0, stream>>>(cp);
   SIMCALKV_CUDA_TRY(cudaGetLastError());
   finish_kernel<<<static_cast<unsigned>(ceil_div(S, 256)), 256, 0, stream>>>(
       FinishParams{kv.lengths, b.budgets, plan.merged ? b.evicted : nullptr, S, stats});
