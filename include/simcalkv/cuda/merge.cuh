@@ -138,14 +138,16 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
   // contiguous run of the sorted members.
   if (tid < 64) {
     const int slot = k0 + tid;
+    // Independent loads first (seg_end is stale where seg_begin is -1, and unused there).
     const int beg = slot < B ? p.seg_begin[off + slot] : -1;
-    const int end = beg >= 0 ? p.seg_end[off + slot] : -1;
+    const int end_raw = slot < B ? p.seg_end[off + slot] : -1;
+    const int j = slot < B ? p.order[off + slot] : 0;
+    const int end = beg >= 0 ? end_raw : -1;
     seg_b[tid] = beg;
     seg_e[tid] = end;
     has[tid] = 0;
     row_k[tid] = -1;
     if (beg >= 0) {
-      const int j = p.order[off + slot];
       const int64_t ej = seq.entry(j);
       row_k[tid] = ej;
       own_w[tid] = p.mass[off + j];
@@ -188,9 +190,10 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       rmax[buf * 64 + tid] = p.row_max[row0 + tid];
     }
   };
+  cp_async_commit();  // the own rows, waited for before the pieces
   if (calibrate)
     for (int grp = 0; grp < min(QB, groups); ++grp) load_window(grp, grp);
-  cp_async_commit();
+  cp_async_commit();  // the window rows, waited for in phase B
 
   // Phase A: merge. The block's run of members is cut into pieces of up to PS members, one per
   // warp, eight pieces (a chunk) at a time, so that a set of thousands of members is shared by all
@@ -342,7 +345,7 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       meta_s[m - cb] = scores ? p.kv.scores[row] : 0.0f;
     }
     if (lane < 2) part_slot[warp * 2 + lane] = -1;
-    cp_async_wait<0>();
+    cp_async_wait<1>();
     __syncthreads();
     // Pieces as even as the chunk allows (a multiple of U members each; at most PS).
     const int ps = min(PS, static_cast<int>(ceil_div(ceil_div(ce - cb, WARPS), U)) * U);
