@@ -107,12 +107,16 @@ struct WarpRowsA {
   }
 };
 
-/// acc[nb] (nb < NB) += A * B^T for B = NB * 8 rows of D elements in padded shared memory (row
-/// stride ld elements, 16-byte aligned rows), starting at row b0: one ldmatrix.x4 per n-block and
-/// pair of k-steps, shared by the MT m-tiles of A (and its lo terms when NA == 2).
+/// acc[mt][nb] = A * B^T for B = NB * 8 rows of D elements in padded shared memory (row stride ld
+/// elements, 16-byte aligned rows): one ldmatrix.x4 per n-block and pair of k-steps, shared by the
+/// MT m-tiles of A (and its lo terms when NA == 2).
 template <class T, int D, int MT, int NA, int NB>
 __device__ __forceinline__ void warp_mma_rows(float (*acc)[NB][4], const WarpRowsA<T, D> (*a)[MT], const T* b,
                                               int ld) {
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int nb = 0; nb < NB; ++nb) acc[mt][nb][0] = acc[mt][nb][1] = acc[mt][nb][2] = acc[mt][nb][3] = 0.0f;
   const int lane = threadIdx.x & 31;
   const T* base = b + (lane & 7) * ld + (lane >> 3) * 8;
 #pragma unroll

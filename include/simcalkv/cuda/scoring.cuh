@@ -225,10 +225,6 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float acc[MT][NB][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb) acc[mt][nb][0] = acc[mt][nb][1] = acc[mt][nb][2] = acc[mt][nb][3] = 0.0f;
       warp_mma_rows<T, D, MT, NA, NB>(acc, qa, kb + half * NB * 8 * LD, LD);
       // This thread's columns: entry half * 32 + nb * 8 + t4 * 2 + c; their logits (base 2).
       float b2[NB * 2];

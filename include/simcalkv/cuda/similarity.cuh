@@ -169,10 +169,6 @@ __global__ void __launch_bounds__(kAssignThreads) assign_kernel(AssignParams<T, 
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       float acc[MT][NB][4];
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-        for (int nb = 0; nb < NB; ++nb) acc[mt][nb][0] = acc[mt][nb][1] = acc[mt][nb][2] = acc[mt][nb][3] = 0.0f;
       warp_mma_rows<T, D, MT, 1, NB>(acc, qa, kb + half * NB * 8 * LD, LD);
       // Columns in increasing slot order, so a strict > keeps the first slot of a tie.
 #pragma unroll
