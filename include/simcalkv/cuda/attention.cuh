@@ -9,9 +9,10 @@
 // read of K and V. Each sequence's entries are split over `splits` blocks (split-KV, as FlashInfer
 // and FlashDecoding do); a block streams its part through shared memory and keeps an online
 // softmax per query head; the last block of a sequence to finish combines the splits (no second
-// kernel). K and V rows arrive by Hopper bulk copies on sm_90 (cp.async on older GPUs), with the
-// row addresses of a stage resolved a stage ahead, so that the paged layout's page-table loads
-// never stall the copies. Works over the ragged and the paged layouts.
+// kernel). K and V rows arrive by 16-byte cp.async copies (Hopper bulk copies on request, see
+// SIMCALKV_DECODE_BULK), with the row addresses of a stage resolved a stage ahead, so that the
+// paged layout's page-table loads never stall the copies. Works over the ragged and the paged
+// layouts.
 //
 // The default kernel runs both products on the tensor cores (mma.sync m16n8k16): the G query
 // heads are the rows of A (padded to 16), 16 entries per warp and step; the probabilities stay in
