@@ -13,7 +13,9 @@
 //
 //   bench_cuda [--json FILE] [--quick] [--kv-budget-gib 40] [--sections decode,batch,compress]
 //              [--decode-splits 0,4,16]
-//   (section "simcalkv": SimCalKV at keep 0.25 alone, with its stage profile)
+//   (section "simcalkv": SimCalKV at keep 0.25 alone, with its stage profile; "simcalkv-parts": the
+//   same without the calibration and without merged keys; "profile-target": one call of each
+//   kernel for a profiler)
 #include <simcalkv/cuda/simcalkv.cuh>
 
 #include <algorithm>
@@ -612,6 +614,20 @@ int main(int argc, char** argv) {
   if (!decode_splits.empty()) bench_decode_splits(copy, decode_splits);
   if (section("decode")) bench_decode(copy, quick);
   if (section("batch")) bench_batch(budget);
+  if (section("simcalkv-parts")) {
+    // Where the merge's time goes: SimCalKV without the calibration (log_count bias) and without
+    // merging keys, against the default, one call for the whole model each.
+    ModelCache m;
+    m.allocate();
+    for (int variant = 0; variant < 3; ++variant) {
+      auto c = sc::simcalkv_config();
+      if (variant == 1) c.bias = sc::BiasMode::log_count;
+      if (variant == 2) c.merge_keys = false, c.bias = sc::BiasMode::log_count;
+      const char* name[] = {"SimCalKV", "SimCalKV log_count bias", "SimCalKV log_count, keys kept"};
+      bench_compress<sc::bf16>(m, name[variant], c, 0.25, 3, true, false);
+    }
+    m.release();
+  }
   if (section("compress") || section("simcalkv")) {
     ModelCache m;
     if (quick) m.layers = 4;
