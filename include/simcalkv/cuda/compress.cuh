@@ -210,7 +210,7 @@ struct PlanKernelParams {
   int32_t* budgets;
 };
 
-__device__ inline int budget_for(const BudgetRule& rule, int n) {
+__host__ __device__ inline int budget_for(const BudgetRule& rule, int n) {
   switch (rule.kind) {
     case BudgetKind::entries: return static_cast<int>(rule.value);
     case BudgetKind::keep_fraction: return static_cast<int>(llround(rule.value * static_cast<double>(n)));
@@ -288,15 +288,8 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   // length): the merge and compaction grids need no blocks past it. Explicit or AdaKV budgets can
   // reach the length.
   int max_budget = max_len;
-  if (!explicit_budgets && !plan.adakv) {
-    long long b = max_len;
-    switch (rule.kind) {
-      case BudgetKind::entries: b = static_cast<long long>(rule.value); break;
-      case BudgetKind::keep_fraction: b = std::llround(rule.value * static_cast<double>(max_len)); break;
-      case BudgetKind::compress_ratio: b = std::llround((1.0 - rule.value) * static_cast<double>(max_len)); break;
-    }
-    max_budget = static_cast<int>(std::clamp<long long>(std::max<long long>(b, sinks + recent), 0, std::max(max_len, 0)));
-  }
+  if (!explicit_budgets && !plan.adakv)
+    max_budget = std::clamp(std::max(budget_for(rule, max_len), sinks + recent), 0, std::max(max_len, 0));
   const unsigned budget_chunks = static_cast<unsigned>(ceil_div(std::max(max_budget, 1), 64));
 
   plan_kernel<<<1, 1024, 0, stream>>>(PlanKernelParams{kv.lengths, S, rule, explicit_budgets, sinks, recent, b.ws_off,
