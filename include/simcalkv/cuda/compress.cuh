@@ -86,7 +86,7 @@ struct CompressPlan {
   int chunks_per_seq = 1;
   int end_bit = 1;
   uint32_t sentinel = 1;
-  bool scored = false, merged = false, adakv = false, alloc_key = false, split_queries = false;
+  bool scored = false, merged = false, calibrated = false, adakv = false, alloc_key = false, split_queries = false;
   int smem_keys = 0;
   std::size_t sort_temp = 0;
 };
@@ -96,6 +96,7 @@ CompressPlan make_plan(const CompressShape& shape, const PolicyConfig& c) {
   CompressPlan p;
   p.scored = c.method != Method::streaming_llm;
   p.merged = c.method == Method::simcalkv;
+  p.calibrated = p.merged && (c.bias == BiasMode::calibrated || c.bias == BiasMode::bounded);
   p.adakv = c.adakv && p.scored;
   p.alloc_key = p.adakv && c.method == Method::simcalkv && c.pooling != Pooling::none && c.pool_kernel > 1;
   p.split_queries = std::is_same_v<Q, float>;
@@ -150,6 +151,7 @@ struct CompressBuffers {
   int32_t* vals_out;
   int32_t* seg_begin;
   int32_t* seg_end;
+  SetStats sets;       // [total] each
   void* sort_temp;
   unsigned* ticket;
   int* flags;          // [S * chunks]
@@ -194,6 +196,7 @@ CompressBuffers<T> carve(Carver& w, const CompressShape& shape, const CompressPl
     b.vals_out = w.take<int32_t>(N);
     b.seg_begin = w.take<int32_t>(N);
     b.seg_end = w.take<int32_t>(N);
+    if (plan.calibrated) b.sets = SetStats{w.take<float>(N), w.take<float>(N), w.take<float>(N)};
     b.sort_temp = w.take<unsigned char>(plan.sort_temp);
   }
   return b;
@@ -415,18 +418,12 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     mp.seg_begin = b.seg_begin;
     mp.seg_end = b.seg_end;
     mp.members = b.vals_out;
-    mp.q_hi = b.q_hi;
-    mp.q_lo = b.q_lo;
-    mp.row_pos = b.row_pos;
-    mp.row_max = b.row_max;
-    mp.rows = plan.rows;
-    mp.rows_padded = plan.rows_padded;
-    mp.scale = 1.0f / std::sqrt(static_cast<float>(D));
     mp.bias = cfg.bias;
     mp.merge_keys = cfg.merge_keys;
-    const std::size_t msmem = MergeSmem<T, D, NA>::bytes;
-    SIMCALKV_CUDA_TRY(allow_smem(merge_kernel<T, D, NA, Layout>, msmem));
-    merge_kernel<T, D, NA, Layout><<<dim3(budget_chunks, S), kTileThreads, msmem, stream>>>(mp);
+    mp.sets = b.sets;
+    const std::size_t msmem = MergeSmem<T, D>::bytes;
+    SIMCALKV_CUDA_TRY(allow_smem(merge_kernel<T, D, Layout>, msmem));
+    merge_kernel<T, D, Layout><<<dim3(budget_chunks, S), kTileThreads, msmem, stream>>>(mp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("merge", stream);
   }
@@ -438,10 +435,42 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   static_assert(kCompactChunk == 64, "one compaction block per 64 budget slots");
   compact_kernel<T, D, Layout><<<dim3(std::min<unsigned>(budget_chunks, plan.chunks_per_seq), S), 256, 0, stream>>>(cp);
   SIMCALKV_CUDA_TRY(cudaGetLastError());
+  if (StageHook* h = stage_hook()) h->mark("compact", stream);
+
+  if (plan.calibrated) {
+    // The merged keys' masses under the window, now that slot k sits in row k (before
+    // finish_kernel: pass 3 tells compressed sequences by budgets[s] < lengths[s]).
+    ScoreParams<T, Layout> sp{};
+    sp.kv = kv;
+    sp.ws_off = b.ws_off;
+    sp.q_hi = b.q_hi;
+    sp.q_lo = b.q_lo;
+    sp.row_pos = b.row_pos;
+    sp.rows = plan.rows;
+    sp.rows_padded = plan.rows_padded;
+    sp.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    sp.tiles_per_split = plan.tiles_per_split;
+    sp.splits = static_cast<int>(ceil_div(ceil_div(std::max(max_budget, 1), kEntriesPerTile), plan.tiles_per_split));
+    sp.row_max = b.row_max;
+    sp.row_inv = b.row_inv;
+    sp.mass_part = b.mass_part;  // free since the selection
+    sp.score_part = b.score_part;
+    sp.total = N;
+    sp.budgets = b.budgets;
+    const std::size_t smem = ScoreSmem<T, D>::bytes;
+    SIMCALKV_CUDA_TRY(allow_smem(score_kernel<T, D, NA, 3, Layout>, smem));
+    score_kernel<T, D, NA, 3, Layout><<<dim3(sp.splits, plan.groups, S), kScoreThreads, smem, stream>>>(sp);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    const CalibrateParams cal{b.budgets, b.ws_off, b.seg_begin, b.mass_part, plan.groups, N, b.sets, cfg.bias};
+    calibrate_bias_kernel<T, Layout>
+        <<<dim3(static_cast<unsigned>(ceil_div(std::max(max_budget, 1), 256)), S), 256, 0, stream>>>(cal, kv);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    if (StageHook* h = stage_hook()) h->mark("calibrate", stream);
+  }
   finish_kernel<<<static_cast<unsigned>(ceil_div(S, 256)), 256, 0, stream>>>(
       FinishParams{kv.lengths, b.budgets, plan.merged ? b.evicted : nullptr, S, stats});
   SIMCALKV_CUDA_TRY(cudaGetLastError());
-  if (StageHook* h = stage_hook()) h->mark("compact", stream);
+  if (StageHook* h = stage_hook()) h->mark("finish", stream);
   return cudaSuccess;
 }
 

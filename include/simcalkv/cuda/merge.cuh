@@ -9,9 +9,12 @@
 // with the CPU's fallback to a plain average when the whole set's mass underflowed, and the bias
 // of BiasMode: log_count = log sum_i exp(b_i); calibrated = log sum_i w_i minus the log of the
 // merged key's own mass under the window (log sum_r exp(tau q_r . k' - m_r) over the rows that
-// see it); bounded = calibrated clamped to [max_i b_i, log_count]; none = 0. The calibration's
-// dot products run on the tensor cores with k' and float queries as hi + lo 16-bit pairs (about
-// 16 significant bits), 64 merged keys x 64 window rows per tile.
+// see it, k' as stored); bounded = calibrated clamped to [max_i b_i, log_count]; none = 0.
+//
+// The calibration runs after the compaction, when the survivors sit in rows 0..B-1 of their
+// sequence: score_kernel<PASS 3> (scoring.cuh) sums the merged keys' masses under the window as
+// pass 2 sums every entry's, and calibrate_bias_kernel turns them into biases from the set data
+// the merge left per slot (log sum w_i, max_i b_i, log_count).
 //
 // Sums run in candidate order, as on the CPU, so a merge repeats bit for bit.
 #pragma once
@@ -43,6 +46,13 @@ __global__ void segments_kernel(const uint32_t* sorted, int64_t count, uint32_t 
   }
 }
 
+/// Per merged slot (indexed by global survivor id, ws_off[s] + k): what the calibration needs.
+struct SetStats {
+  float* log_mass;   // log sum_i w_i; -inf where the set's mass underflowed
+  float* log_count;  // log sum_i exp(b_i)
+  float* max_bias;   // max_i b_i
+};
+
 template <class T, class Layout>
 struct MergeParams {
   LayerKV<T, Layout> kv;
@@ -53,33 +63,25 @@ struct MergeParams {
   const int32_t* seg_begin;  // [total], by global survivor id
   const int32_t* seg_end;
   const int32_t* members;    // sorted candidate entries
-  const T* q_hi;             // window rows, as for scoring
-  const T* q_lo;
-  const int32_t* row_pos;
-  const float* row_max;
-  int rows;
-  int rows_padded;
-  float scale;
   BiasMode bias;
   bool merge_keys;
+  SetStats sets;             // written for the calibrated and bounded biases
 };
 
 inline constexpr int kMergeMetaCapacity = 1024;  // members whose data a block stages at once
 
-template <class T, int D, int NA>
+template <class T, int D>
 struct MergeSmem {
   static constexpr int ld = D + 8;  // padded rows
   static constexpr std::size_t tile_bytes = sizeof(T) * 64 * ld;
-  // Buffers of 64 window rows (hi, and lo for float queries) for phase B, loaded during phase A.
-  static constexpr int q_buffers = NA == 1 ? 2 : 1;
-  // Phase A stages the members' index, mass, bias and score; phase B reuses it for the products.
+  // The members' index, mass, bias and score, a chunk at a time.
   static constexpr std::size_t meta_bytes = 16 * kMergeMetaCapacity;
-  static constexpr std::size_t c_bytes = sizeof(float) * 64 * 68;
-  static constexpr std::size_t shared = meta_bytes > c_bytes ? meta_bytes : c_bytes;
-  // kh, kl (own rows, then the merged keys as hi + lo), window rows, shared area, per-slot data.
+  // Per-slot data: 8 words and an int64 per slot.
+  static constexpr std::size_t slot_bytes = 64 * 4 * 10;
   // Partial sums of the sets that cross pieces: two per warp.
   static constexpr std::size_t partial_bytes = 2 * (kTileThreads / 32) * (2 * D * 4 + 4 * 4 + 2 * 4);
-  static constexpr std::size_t bytes = (2 + q_buffers * NA) * tile_bytes + shared + 64 * 4 * 20 + partial_bytes;
+  // The survivors' own keys and values, then the rest.
+  static constexpr std::size_t bytes = 2 * tile_bytes + meta_bytes + slot_bytes + partial_bytes;
 };
 
 /// Adds bias b to a running log-sum-exp (max m, shifted sum l), as the CPU's add_bias.
@@ -94,9 +96,9 @@ __device__ __forceinline__ void add_bias(float& m, float& l, float b) {
 }
 
 /// grid (ceil(max_len / 64), S), 256 threads: 64 survivor slots per block.
-template <class T, int D, int NA, class Layout>
+template <class T, int D, class Layout>
 __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layout> p) {
-  using Smem = MergeSmem<T, D, NA>;
+  using Smem = MergeSmem<T, D>;
   constexpr int LD = Smem::ld;
   constexpr int MAXM = kMergeMetaCapacity;
   constexpr int DL = D / 32;  // dimensions per lane: a warp merges one survivor at a time
@@ -104,25 +106,16 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
   constexpr int CHUNKS = D * static_cast<int>(sizeof(T)) / 16;
   static_assert(D == 64 || D == 128, "head_dim 64 or 128");
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  constexpr int QB = Smem::q_buffers;
-  T* kh = reinterpret_cast<T*>(smem_raw);  // [64][LD]: a survivor's own key, then its merged key (hi)
-  T* kl = kh + 64 * LD;                    // [64][LD]: its own value, then its merged key (lo)
-  T* qbuf = kl + 64 * LD;                  // [QB][NA][64][LD]
-  unsigned char* area = smem_raw + (2 + QB * NA) * Smem::tile_bytes;  // member data, then products
-  int* has = reinterpret_cast<int*>(area + Smem::shared);
-  float* max_bias = reinterpret_cast<float*>(has + 64);
-  float* log_count = max_bias + 64;
-  float* set_mass = log_count + 64;
-  int* pos_k = reinterpret_cast<int*>(set_mass + 64);
-  int* seg_b = pos_k + 64;
+  T* kh = reinterpret_cast<T*>(smem_raw);  // [64][LD]: each survivor's own key
+  T* kl = kh + 64 * LD;                    // [64][LD]: and its own value
+  unsigned char* area = smem_raw + 2 * Smem::tile_bytes;  // the members' data
+  int64_t* row_k = reinterpret_cast<int64_t*>(area + Smem::meta_bytes);  // 64 int64
+  int* seg_b = reinterpret_cast<int*>(row_k + 64);
   int* seg_e = seg_b + 64;
   int* range = seg_e + 64;  // [4]: per-warp min begin, max end
   float* own_w = reinterpret_cast<float*>(range + 64);
   float* own_b = own_w + 64;
   float* own_s = own_b + 64;
-  int* rpos = reinterpret_cast<int*>(own_s + 64);           // [2][64]
-  float* rmax = reinterpret_cast<float*>(rpos + 128);       // [2][64]
-  int64_t* row_k = reinterpret_cast<int64_t*>(rmax + 128);  // 64 int64
 
   const int s = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int n = p.kv.lengths[s];
@@ -145,7 +138,6 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
     const int end = beg >= 0 ? end_raw : -1;
     seg_b[tid] = beg;
     seg_e[tid] = end;
-    has[tid] = 0;
     row_k[tid] = -1;
     if (beg >= 0) {
       const int64_t ej = seq.entry(j);
@@ -153,7 +145,6 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       own_w[tid] = p.mass[off + j];
       own_b[tid] = p.kv.bias[ej];
       own_s[tid] = scores ? p.kv.scores[ej] : 0.0f;
-      pos_k[tid] = p.kv.positions[ej];
     }
     int lo = beg >= 0 ? beg : INT_MAX, hi = end;
 #pragma unroll
@@ -167,8 +158,7 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
   const int m_begin = min(range[0], range[1]), m_end = max(range[2], range[3]);
   if (m_end < 0) return;  // no survivor of this block received candidates
 
-  // In flight while phase A runs: the survivors' own keys and values (zero for slots without a
-  // set, whose products are never used) and phase B's first window rows.
+  // In flight while the members' data is staged: the survivors' own keys and values.
   for (int i = tid; i < 64 * CHUNKS; i += blockDim.x) {
     const int sl = i / CHUNKS, q = i % CHUNKS;
     const int64_t ej = row_k[sl];
@@ -176,26 +166,9 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
     cp_async16(kh + sl * LD + q * 8, p.kv.keys + (ok ? ej * p.kv.key_stride + q * 8 : 0), ok);
     cp_async16(kl + sl * LD + q * 8, p.kv.values + (ok ? ej * p.kv.value_stride + q * 8 : 0), ok);
   }
-  const int groups = p.rows_padded / 64;
-  auto load_window = [&](int grp, int buf) {
-    const int64_t row0 = static_cast<int64_t>(s) * p.rows_padded + grp * 64;
-    T* qh = qbuf + buf * NA * 64 * LD;
-    for (int i = tid; i < 64 * CHUNKS; i += blockDim.x) {
-      const int rr = i / CHUNKS, qq = i % CHUNKS;
-      cp_async16(qh + rr * LD + qq * 8, p.q_hi + (row0 + rr) * D + qq * 8, true);
-      if constexpr (NA == 2) cp_async16(qh + 64 * LD + rr * LD + qq * 8, p.q_lo + (row0 + rr) * D + qq * 8, true);
-    }
-    if (tid < 64) {
-      rpos[buf * 64 + tid] = p.row_pos[row0 + tid];
-      rmax[buf * 64 + tid] = p.row_max[row0 + tid];
-    }
-  };
   cp_async_commit();  // the own rows, waited for before the pieces
-  if (calibrate)
-    for (int grp = 0; grp < min(QB, groups); ++grp) load_window(grp, grp);
-  cp_async_commit();  // the window rows, waited for in phase B
 
-  // Phase A: merge. The block's run of members is cut into pieces of up to PS members, one per
+  // The block's run of members is cut into pieces of up to PS members, one per
   // warp, eight pieces (a chunk) at a time, so that a set of thousands of members is shared by all
   // warps instead of holding one. A warp walks its piece U rows at a time (their loads in flight
   // together) and adds each row to its survivor's sums in candidate order, DL dimensions per lane;
@@ -210,7 +183,7 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
   float* meta_s = meta_b + MAXM;
   // Partial sums: per piece, one for the set it continues (head) and one for the set it starts
   // and leaves unfinished (tail).
-  float* part_k = reinterpret_cast<float*>(area + Smem::shared + 64 * 4 * 20);  // [2 * WARPS][D]
+  float* part_k = reinterpret_cast<float*>(area + Smem::meta_bytes + Smem::slot_bytes);  // [2 * WARPS][D]
   float* part_v = part_k + 2 * WARPS * D;                                      // [2 * WARPS][D]
   float* part_f = part_v + 2 * WARPS * D;                                      // [2 * WARPS][4]
   int* part_slot = reinterpret_cast<int*>(part_f + 2 * WARPS * 4);             // [2 * WARPS]
@@ -308,23 +281,17 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       if (p.merge_keys) a.k[d] *= inv;
       a.v[d] *= inv;
     }
-    // The merged key for calibration (hi + lo), then the rows in storage (the survivor's own).
-    float hi_f[DL], lo_f[DL];
-#pragma unroll
-    for (int d = 0; d < DL; ++d) {
-      hi_f[d] = to_float(from_float<T>(a.k[d]));
-      lo_f[d] = a.k[d] - hi_f[d];
-    }
-    *reinterpret_cast<Lane*>(kh + sl * LD + lane * DL) = narrow(hi_f);
-    *reinterpret_cast<Lane*>(kl + sl * LD + lane * DL) = narrow(lo_f);
+    // The rows in storage (the survivor's own).
     if (p.merge_keys) *reinterpret_cast<Lane*>(p.kv.keys + ej * p.kv.key_stride + lane * DL) = narrow(a.k);
     *reinterpret_cast<Lane*>(p.kv.values + ej * p.kv.value_stride + lane * DL) = narrow(a.v);
     if (lane == 0) {
       const float lc = a.mb + logf(a.lse);
-      has[sl] = 1;
-      max_bias[sl] = a.mb;
-      log_count[sl] = lc;
-      set_mass[sl] = uniform ? kNegInf : logf(a.total);
+      if (calibrate) {
+        const int64_t g = off + k0 + sl;
+        p.sets.max_bias[g] = a.mb;
+        p.sets.log_count[g] = lc;
+        p.sets.log_mass[g] = uniform ? kNegInf : logf(a.total);
+      }
       if (p.bias == BiasMode::log_count) p.kv.bias[ej] = lc;
       if (p.bias == BiasMode::none) p.kv.bias[ej] = 0.0f;
       if (scores) p.kv.scores[ej] = a.score;
@@ -411,59 +378,37 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
     }
     __syncthreads();  // the next chunk, or phase B, reuses the staged data and the partial sums
   }
-  if (!calibrate) return;
+}
 
-  // Phase B: the merged keys' mass under the window, 64 rows at a time (the first QB groups of
-  // rows arrived during phase A).
-  float* c = reinterpret_cast<float*>(area);
-  const int col = tid >> 2, part = tid & 3;
-  float cm = kNegInf, cl = 0.0f;
-  for (int grp = 0; grp < groups; ++grp) {
-    const int buf = grp % QB;
-    cp_async_wait<0>();
-    __syncthreads();
-    const T* qh = qbuf + buf * NA * 64 * LD;
-    mma_tile_64x64<T, D, NA, 2>(qh, qh + 64 * LD, LD, kh, kl, LD, c, 68);
-    __syncthreads();
-    if (has[col]) {
-      const int pk = pos_k[col];
-      const int* rp = rpos + buf * 64;
-      const float* rm = rmax + buf * 64;
-      float v[16];
-      float tm = kNegInf;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const int row = i * 4 + part;
-        const bool ok = rp[row] >= pk && rm[row] != kNegInf;
-        v[i] = ok ? c[row * 68 + col] * p.scale - rm[row] : kNegInf;
-        tm = fmaxf(tm, v[i]);
-      }
-      float sum = 0.0f;
-#pragma unroll
-      for (int i = 0; i < 16; ++i) sum += fast_exp_diff(v[i], tm);
-      lse_combine(cm, cl, tm, sum);
-    }
-    __syncthreads();
-    if (grp + QB < groups) {  // the buffer just used takes the group after next
-      load_window(grp + QB, buf);
-      cp_async_commit();
-    }
-  }
-  // Combine the four threads of a column (all four take the same branch).
-#pragma unroll
-  for (int o = 1; o <= 2; o <<= 1) {
-    const float om = __shfl_xor_sync(0xffffffffu, cm, o);
-    const float ol = __shfl_xor_sync(0xffffffffu, cl, o);
-    lse_combine(cm, cl, om, ol);
-  }
-  if (part == 0 && has[col]) {
-    const float merged_mass = cm == kNegInf ? kNegInf : cm + logf(cl);
-    const float sm = set_mass[col];
-    const bool defined = sm != kNegInf && merged_mass != kNegInf;
-    float b = defined ? sm - merged_mass : log_count[col];
-    if (p.bias == BiasMode::bounded) b = b < max_bias[col] ? max_bias[col] : (log_count[col] < b ? log_count[col] : b);
-    p.kv.bias[row_k[col]] = b;
-  }
+struct CalibrateParams {
+  const int32_t* budgets;
+  const int32_t* ws_off;
+  const int32_t* seg_begin;  // >= 0 where slot k received a set
+  const float* mass_part;    // [groups][total]: score_kernel<PASS 3>'s sums per row group
+  int groups;
+  int64_t total;
+  SetStats sets;
+  BiasMode bias;
+};
+
+/// grid (ceil(max_budget / 256), S), 256 threads, after the compaction (slot k in row k): the bias
+/// of every merged slot from its set's mass and the stored merged key's mass under the window.
+template <class T, class Layout>
+__global__ void calibrate_bias_kernel(CalibrateParams p, LayerKV<T, Layout> kv) {
+  const int s = blockIdx.y;
+  const int k = static_cast<int>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int B = p.budgets[s];
+  if (k >= B) return;
+  const int64_t g = p.ws_off[s] + k;
+  if (p.seg_begin[g] < 0) return;  // no set: the entry keeps its bias
+  float sum = 0.0f;
+  for (int rg = 0; rg < p.groups; ++rg) sum += p.mass_part[rg * p.total + g];  // a fixed order
+  const float merged_mass = sum > 0.0f ? logf(sum) : kNegInf;
+  const float set_mass = p.sets.log_mass[g], log_count = p.sets.log_count[g], max_bias = p.sets.max_bias[g];
+  const bool defined = set_mass != kNegInf && merged_mass != kNegInf;
+  float b = defined ? set_mass - merged_mass : log_count;
+  if (p.bias == BiasMode::bounded) b = b < max_bias ? max_bias : (log_count < b ? log_count : b);
+  kv.bias[kv.layout.seq(s).entry(k)] = b;
 }
 
 }  // namespace simcalkv::cuda::detail

@@ -14,6 +14,10 @@
 //  3. score_kernel<PASS 2>: per entry, sum_r p_rj / (sum_r R) and sum_r exp(logit - m_r) for
 //     the block's rows, written per row group and summed in a fixed order later (no atomics,
 //     so results repeat bit for bit). Pass 2 also writes each key's inverse norm.
+//
+// score_kernel<PASS 3> serves SimCalKV's calibration (merge.cuh): after the compaction, the
+// same sums as pass 2's masses, without the bias, over the first budgets[s] rows (the survivors,
+// merged keys as stored).
 #pragma once
 
 #include "simcalkv/cuda/common.cuh"
@@ -85,6 +89,7 @@ struct ScoreParams {
   float* mass_part;       // [groups][total]
   int64_t total;
   float* inv_norm;        // [total], optional (pass 2 out)
+  const int32_t* budgets; // [S] (pass 3 in: the rows to score where budgets[s] < lengths[s])
 };
 
 inline constexpr int kScoreStages = 3;
@@ -142,7 +147,11 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
 
   const int x = blockIdx.x, rg = blockIdx.y, s = blockIdx.z;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-  const int n = p.kv.lengths[s];
+  int n = p.kv.lengths[s];
+  if constexpr (PASS == 3) {
+    const int B = p.budgets[s];
+    n = B < n ? B : 0;  // an uncompressed sequence has nothing to calibrate
+  }
   const int tiles = static_cast<int>(ceil_div(n, kEntriesPerTile));
   const int t_begin = x * p.tiles_per_split;
   const int t_end = min(tiles, t_begin + p.tiles_per_split);
@@ -167,8 +176,8 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
     const int e = tid & (kEntriesPerTile - 1);
     const bool ok = e < valid;
     const int64_t row = ok ? seq.entry(j0 + e) : 0;
-    if (tid < kEntriesPerTile) cp_async4(bias_t + buf * kEntriesPerTile + e, p.kv.bias + row, ok);
-    else cp_async4(pos_t + buf * kEntriesPerTile + e, p.kv.positions + row, ok);
+    if (tid >= kEntriesPerTile) cp_async4(pos_t + buf * kEntriesPerTile + e, p.kv.positions + row, ok);
+    else if constexpr (PASS != 3) cp_async4(bias_t + buf * kEntriesPerTile + e, p.kv.bias + row, ok);
   };
 #pragma unroll
   for (int i = 0; i < ST - 1; ++i) {
@@ -195,7 +204,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
       const int64_t r = wrow0 + mt * 16 + h * 8 + g;
       rpos[mt][h] = p.row_pos[r];
       if (rpos[mt][h] != INT_MIN) warp_min_pos = min(warp_min_pos, rpos[mt][h]);
-      if constexpr (PASS == 2) {
+      if constexpr (PASS >= 2) {
         // A row that sees nothing gets +inf, so that every term of it is exp2(-inf) = 0.
         const float m = p.row_max[r];
         rmax2[mt][h] = m == kNegInf ? __builtin_huge_valf() : m * kLog2e;
@@ -232,7 +241,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
 #pragma unroll
       for (int i = 0; i < NB * 2; ++i) {
         const int e = half * NB * 8 + (i >> 1) * 8 + t4 * 2 + (i & 1);
-        b2[i] = bt[e] * kLog2e;
+        b2[i] = PASS == 3 ? 0.0f : bt[e] * kLog2e;
         pj[i] = j0 + e < n ? pt[e] : INT_MAX;
       }
       auto logit2 = [&](int mt, int h, int i) {
@@ -287,16 +296,16 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
         red[(warp * kEntriesPerTile + e) * 2 + 1] = v[1];
       }
     }
-    if constexpr (PASS == 2) {
+    if constexpr (PASS >= 2) {
       __syncthreads();
-      {
+      if (PASS == 2 || tid < kEntriesPerTile) {  // pass 3 keeps the masses only
         const int e = tid & (kEntriesPerTile - 1), k = tid / kEntriesPerTile;
         const float total = ((red[e * 2 + k] + red[(kEntriesPerTile + e) * 2 + k]) +
                              red[(2 * kEntriesPerTile + e) * 2 + k]) +
                             red[(3 * kEntriesPerTile + e) * 2 + k];
         if (j0 + e < n) (k == 0 ? p.mass_part : p.score_part)[rg * p.total + off + j0 + e] = total;
       }
-      if (p.inv_norm && rg == 0) {
+      if (PASS == 2 && p.inv_norm && rg == 0) {
         // Two threads per key, half of its dimensions each.
         const int e = tid >> 1, hf = tid & 1;
         const T* krow = kb + e * LD + hf * (D / 2);

@@ -150,7 +150,13 @@ void merge_into_plan(const HeadView<T>& head, HeadScratch& s, const std::vector<
     const float inv = 1.0f / total[r];
     kernels::scale(inv, key_row, d);
     kernels::scale(inv, plan.row_values.data() + r * d, d);
-    if (!options.merge_keys) std::copy_n(s.keys.data() + static_cast<std::size_t>(keep[k]) * d, d, key_row);
+    if (options.merge_keys) {
+      // The cache holds the merged key in its storage type, and decode attention reads that: the
+      // calibration below fits the stored key, so it is exact for what attention sees.
+      for (std::size_t i = 0; i < d; ++i) key_row[i] = to_float(from_float<T>(key_row[i]));
+    } else {
+      std::copy_n(s.keys.data() + static_cast<std::size_t>(keep[k]) * d, d, key_row);
+    }
 
     const float log_count = max_bias[r] + std::log(lse_bias_sum[r]);
     float bias = 0.0f;
