@@ -640,7 +640,7 @@ int main(int argc, char** argv) {
     }
     for (double keep : {0.5, 0.25, 0.1})
       if (all || keep == 0.25)
-        bench_compress<sc::bf16>(m, "SimCalKV", sc::simcalkv_config(), keep, reps, keep == 0.25, all);
+        bench_compress<sc::bf16>(m, "SimCalKV", sc::simcalkv_config(), keep, reps, true, all);
     if (all) {
       bench_compress<float>(m, "SimCalKV f32-window", sc::simcalkv_config(), 0.25, reps);
       auto c = sc::simcalkv_config();

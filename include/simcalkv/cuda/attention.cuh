@@ -24,12 +24,6 @@
 //   std::size_t bytes = decode_workspace_bytes(shape);
 //   decode_attention(kv, q, q_strides, out, out_strides, shape, workspace, bytes, stream);
 //
-// DecodeShape::persistent = true runs the tensor-core kernel on a persistent stream-K schedule
-// instead: one block per resident slot (SMs x occupancy), the concatenation of every sequence's
-// 64-entry tiles cut evenly over the blocks, each block one cp.async pipeline over its range
-// across sequence boundaries (no pipeline fill per sequence, no partial last wave). A tiny kernel
-// scans the tile counts on the device first (the lengths stay on the device).
-//
 // The workspace needs no initialisation: the per-sequence counters that elect the combining
 // block are tagged with the launch, and the combining block resets its counter, so the same
 // workspace serves every later call (CUDA-graph replays included).
@@ -37,8 +31,6 @@
 
 #include "simcalkv/cuda/common.cuh"
 #include "simcalkv/cuda/layout.cuh"
-
-#include <cub/block/block_scan.cuh>
 
 #include <algorithm>
 #include <climits>
@@ -66,7 +58,6 @@ struct DecodeShape {
   int max_length = 0;    // upper bound of lengths[s]
   int splits = 0;        // 0: chosen from the shape and the GPU
   bool tensor_cores = true;  // mma.sync kernel (default); false: the CUDA-core kernel
-  bool persistent = false;   // tensor-core kernel only: the persistent stream-K schedule (splits unused)
 };
 
 /// Queries q[b * request_stride + (h * G + g) * head_stride + i] (Q: float or the storage type);
@@ -96,14 +87,9 @@ struct DecodeParams {
   DecodeIO<Q, O> io;
   int splits;
   float scale;
-  float* part_acc;                // [S][G][splits][D]; persistent: [2 x blocks][G][D]
-  float* part_ml;                 // [S][G][splits][2]; persistent: [2 x blocks][G][2]
+  float* part_acc;                // [S][G][splits][D]
+  float* part_ml;                 // [S][G][splits][2]
   unsigned long long* tickets;    // [S]: which block of a sequence finishes last
-  // The persistent schedule (decode_schedule_kernel writes these).
-  const int* tile_start = nullptr;       // [S + 1]: tiles of the sequences before s; [S]: all
-  const int* tiles_per_block = nullptr;  // [1]: W, each block's share of the tiles
-  const int4* block_start = nullptr;     // [blocks]: where block b's range starts (see TileWalk)
-  int num_seqs = 0;
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -111,10 +97,8 @@ struct DecodeParams {
 
 /// The rows of entries j0, j0 + TILE, j0 + 2 TILE, ... of one sequence, one tile after another:
 /// next(load) reads what entry() needs (nothing for the ragged layout, the page id for the paged
-/// one) and steps on, so that the read can be issued a stage before its value is used. entry()
-/// depends on the fetched value and layout-wide constants only, so that a cursor may move on to
-/// another sequence in between (the persistent schedule does). Layouts other than these two go
-/// through Seq::entry.
+/// one) and steps on, so that the read can be issued a stage before its value is used. Layouts
+/// other than these two go through Seq::entry.
 template <class Layout, int TILE>
 struct RowCursor {
   using Seq = decltype(std::declval<const Layout&>().seq(0));
@@ -136,7 +120,7 @@ template <int TILE>
 struct RowCursor<PagedLayout, TILE> {
   struct Fetched {
     int32_t id;  // table[page]
-    int row;     // (j % page_size) * heads + head: the row within the page
+    int within;  // j % page_size
   };
   const int32_t* table;
   int page_size, heads, head;
@@ -149,13 +133,13 @@ struct RowCursor<PagedLayout, TILE> {
     step_pages = TILE / page_size, step_within = TILE - step_pages * page_size;
   }
   __device__ __forceinline__ Fetched next(bool load) {
-    const Fetched f{load ? table[page] : 0, within * heads + head};
+    const Fetched f{load ? table[page] : 0, within};
     page += step_pages, within += step_within;
     if (within >= page_size) within -= page_size, ++page;
     return f;
   }
   __device__ __forceinline__ int64_t entry(Fetched f) const {
-    return static_cast<int64_t>(f.id) * page_size * heads + f.row;
+    return (static_cast<int64_t>(f.id) * page_size + f.within) * heads + head;
   }
 };
 
@@ -193,11 +177,8 @@ __device__ __forceinline__ void bulk_copy(void* smem, const void* gmem, unsigned
 }
 #endif
 
-/// The shared-memory stages through which a block streams tiles of TILE entries' K, V and bias
-/// rows: STAGES stages of K [TILE][LD], V [TILE][LD] (16-byte aligned rows), bias [TILE]. Which
-/// rows a tile holds is the derived streams' business (KvStream: a range of one sequence;
-/// KvTileStream: a range of the concatenated tiles of every sequence); they record them with
-/// set_rows().
+/// One block's entries [begin, end) of a sequence, streamed through STAGES shared-memory stages
+/// of TILE rows: K [TILE][LD], V [TILE][LD] (16-byte aligned rows), bias [TILE].
 ///
 /// The row of each entry of a tile is resolved by one thread per row (TILE threads) a stage
 /// before the tile's copies are issued, into Shared::rows; fetch(u) starts that resolution and
@@ -205,15 +186,15 @@ __device__ __forceinline__ void bulk_copy(void* smem, const void* gmem, unsigned
 /// the paged layout is hidden. On sm_90 each of 2 * TILE threads issues one bulk copy of a K or V
 /// row, completing on the stage's mbarrier, which prepare() has armed with the tile's byte count
 /// (one arrival, before the __syncthreads that precedes the copies); before sm_90, cp.async moves
-/// 16-byte chunks. The bias (4-byte aligned only) is cp.async with commit groups. Rows past the
-/// end are zero in shared memory, so that masked entries (probability 0) add 0 * 0, never
-/// 0 * NaN, in P V.
+/// 16-byte chunks. The bias (4-byte aligned only) is cp.async with commit groups. Rows past `end`
+/// are zero in shared memory, so that masked entries (probability 0) add 0 * 0, never 0 * NaN,
+/// in P V.
 ///
 /// Usage: start(); then for each tile t: wait(t); issue(t + STAGES - 1); pending = fetch(t +
 /// STAGES); compute on stage t % STAGES; prepare(t + STAGES, pending). finish() before reusing
 /// the stages.
-template <class T, int D, int TILE, int LD, int STAGES, int THREADS>
-struct KvStages {
+template <class T, int D, int TILE, int LD, int STAGES, int THREADS, class Layout>
+struct KvStream {
   static_assert(2 * TILE <= THREADS, "one thread per K row and per V row");
   static_assert(STAGES >= 2, "double buffering at least");
   static constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
@@ -226,6 +207,11 @@ struct KvStages {
     int64_t rows[STAGES][TILE];  // row of each entry of a tile (slot u % STAGES); -1 past the end
     uint64_t full[STAGES];       // sm_90: the stage's K and V rows have landed
   };
+  using Cursor = RowCursor<Layout, TILE>;
+  struct Pending {
+    typename Cursor::Fetched f;
+    bool ok;
+  };
 
   const T* keys;
   const T* values;
@@ -233,10 +219,11 @@ struct KvStages {
   int64_t key_stride, value_stride;
   unsigned char* smem;
   Shared& sh;
-  int tiles, tid;
+  int begin, end, tiles, tid;
+  Cursor cur;
 
-  template <class Layout>
-  __device__ __forceinline__ KvStages(const LayerKV<T, Layout>& kv, int tiles_, unsigned char* smem_, Shared& sh_)
+  __device__ __forceinline__ KvStream(const LayerKV<T, Layout>& kv, int s, int begin_, int end_, unsigned char* smem_,
+                                      Shared& sh_)
       : keys(kv.keys),
         values(kv.values),
         bias(kv.bias),
@@ -244,33 +231,50 @@ struct KvStages {
         value_stride(kv.value_stride),
         smem(smem_),
         sh(sh_),
-        tiles(tiles_),
-        tid(static_cast<int>(threadIdx.x)) {}
+        begin(begin_),
+        end(end_),
+        tiles(static_cast<int>(ceil_div(end_ - begin_, TILE))),
+        tid(static_cast<int>(threadIdx.x)),
+        cur(kv.layout, s, begin_ + static_cast<int>(threadIdx.x)) {}
 
   __device__ __forceinline__ T* k(int st) const { return reinterpret_cast<T*>(smem + st * stage_bytes); }
   __device__ __forceinline__ T* v(int st) const { return k(st) + TILE * LD; }
   __device__ __forceinline__ float* b(int st) const { return reinterpret_cast<float*>(v(st) + TILE * LD); }
 
-  /// Records the row of this thread's entry of tile u (-1 past the end), and arms the barrier of
-  /// tile u's stage with the bytes of its `valid` rows. The stage's previous phase (tile u -
-  /// STAGES) is complete and every thread has waited for it.
-  __device__ __forceinline__ void set_rows(int u, int64_t row, int valid) {
-    if (tid < TILE) sh.rows[u % STAGES][tid] = row;
+  /// Starts the resolution of tile u's rows (tiles in order, every thread calls it).
+  __device__ __forceinline__ Pending fetch(int u) {
+    const bool ok = tid < TILE && begin + u * TILE + tid < end;
+    return Pending{cur.next(ok), ok};
+  }
+  /// Finishes it, and arms the barrier of tile u's stage with the bytes its copies will bring.
+  /// The stage's previous phase (tile u - STAGES) is complete and every thread has waited for it.
+  __device__ __forceinline__ void prepare(int u, const Pending& pd) {
+    if (tid < TILE) sh.rows[u % STAGES][tid] = pd.ok ? cur.entry(pd.f) : -1;
 #if SIMCALKV_DECODE_BULK
-    if (tid == 0 && u < tiles) mbar_arrive_expect_tx(&sh.full[u % STAGES], static_cast<unsigned>(2 * valid * kRowBytes));
-#else
-    (void)valid;
+    if (tid == 0 && u < tiles) {
+      const int valid = min(TILE, end - (begin + u * TILE));
+      mbar_arrive_expect_tx(&sh.full[u % STAGES], static_cast<unsigned>(2 * valid * kRowBytes));
+    }
 #endif
   }
 
-  __device__ __forceinline__ void init_barriers() {
+  /// Resolves the first STAGES tiles (their loads in flight together) and issues STAGES - 1.
+  __device__ __forceinline__ void start() {
 #if SIMCALKV_DECODE_BULK
     if (tid == 0) {
 #pragma unroll
-      for (int st = 0; st < STAGES; ++st) mbar_init(&sh.full[st], 1);  // set_rows()'s arrival
+      for (int st = 0; st < STAGES; ++st) mbar_init(&sh.full[st], 1);  // prepare()'s arrival
       mbar_init_fence();
     }
 #endif
+    Pending pd[STAGES];
+#pragma unroll
+    for (int u = 0; u < STAGES; ++u) pd[u] = fetch(u);
+#pragma unroll
+    for (int u = 0; u < STAGES; ++u) prepare(u, pd[u]);
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < STAGES - 1; ++u) issue(u);
   }
 
   /// Issues the copies of tile u into stage u % STAGES (nothing past the last tile), and commits
@@ -323,142 +327,10 @@ struct KvStages {
   __device__ __forceinline__ void finish() { cp_async_wait<0>(); }
 };
 
-/// One block's entries [begin, end) of a sequence s.
-template <class T, int D, int TILE, int LD, int STAGES, int THREADS, class Layout>
-struct KvStream : KvStages<T, D, TILE, LD, STAGES, THREADS> {
-  using Base = KvStages<T, D, TILE, LD, STAGES, THREADS>;
-  using typename Base::Shared;
-  using Cursor = RowCursor<Layout, TILE>;
-  struct Pending {
-    typename Cursor::Fetched f;
-    bool ok;
-  };
-
-  int begin, end;
-  Cursor cur;
-
-  __device__ __forceinline__ KvStream(const LayerKV<T, Layout>& kv, int s, int begin_, int end_, unsigned char* smem_,
-                                      Shared& sh_)
-      : Base(kv, static_cast<int>(ceil_div(end_ - begin_, TILE)), smem_, sh_),
-        begin(begin_),
-        end(end_),
-        cur(kv.layout, s, begin_ + static_cast<int>(threadIdx.x)) {}
-
-  /// Starts the resolution of tile u's rows (tiles in order, every thread calls it).
-  __device__ __forceinline__ Pending fetch(int u) {
-    const bool ok = this->tid < TILE && begin + u * TILE + this->tid < end;
-    return Pending{cur.next(ok), ok};
-  }
-  /// Finishes it (see KvStages::set_rows).
-  __device__ __forceinline__ void prepare(int u, const Pending& pd) {
-    this->set_rows(u, pd.ok ? cur.entry(pd.f) : -1, min(TILE, end - (begin + u * TILE)));
-  }
-
-  /// Resolves the first STAGES tiles (their loads in flight together) and issues STAGES - 1.
-  __device__ __forceinline__ void start() {
-    this->init_barriers();
-    Pending pd[STAGES];
-#pragma unroll
-    for (int u = 0; u < STAGES; ++u) pd[u] = fetch(u);
-#pragma unroll
-    for (int u = 0; u < STAGES; ++u) prepare(u, pd[u]);
-    __syncthreads();
-#pragma unroll
-    for (int u = 0; u < STAGES - 1; ++u) this->issue(u);
-  }
-};
-
-/// A position in the concatenation of every sequence's tiles (sequence s has ceil(lengths[s] /
-/// TILE) of them, and tile_start[s] is the number before it): tile k of sequence s.
-struct TileWalk {
-  int s;      // the sequence
-  int k;      // its tile
-  int first;  // tile_start[s]
-  int count;  // its tiles (at least 1)
-  int n;      // lengths[s]
-  /// Steps to the next tile: past the last one of s, to the first of the next sequence that has
-  /// tiles (the caller knows that one exists).
-  __device__ __forceinline__ void next(const int* tile_start, const int32_t* lengths) {
-    if (++k < count) return;
-    k = 0;
-    do {
-      first += count;
-      ++s;
-      count = tile_start[s + 1] - first;
-    } while (count == 0);
-    n = lengths[s];
-  }
-};
-
-/// `tiles` consecutive tiles of the concatenation from `at` on, across sequence boundaries: one
-/// pipeline for the whole range, so that the next sequence's copies are in flight while the last
-/// tile of the previous one is computed and its partial result is flushed.
-template <class T, int D, int TILE, int LD, int STAGES, int THREADS, class Layout>
-struct KvTileStream : KvStages<T, D, TILE, LD, STAGES, THREADS> {
-  using Base = KvStages<T, D, TILE, LD, STAGES, THREADS>;
-  using typename Base::Shared;
-  using Cursor = RowCursor<Layout, TILE>;
-  struct Pending {
-    typename Cursor::Fetched f;
-    bool ok;
-    int valid;  // rows of the tile before the end of its sequence
-  };
-
-  Layout layout;
-  const int* tile_start;
-  const int32_t* lengths;
-  TileWalk at;  // the tile that the next fetch() resolves
-  Cursor cur;
-
-  __device__ __forceinline__ KvTileStream(const LayerKV<T, Layout>& kv, const int* tile_start_, const TileWalk& at_,
-                                          int tiles_, unsigned char* smem_, Shared& sh_)
-      : Base(kv, tiles_, smem_, sh_),
-        layout(kv.layout),
-        tile_start(tile_start_),
-        lengths(kv.lengths),
-        at(at_),
-        cur(kv.layout, at_.s, at_.k * TILE + static_cast<int>(threadIdx.x)) {}
-
-  /// Starts the resolution of tile u's rows (tiles in order, every thread calls it); moves the
-  /// cursor on to the next sequence when u is the last tile of its own (the fetched value does
-  /// not depend on the cursor's sequence, see RowCursor).
-  __device__ __forceinline__ Pending fetch(int u) {
-    if (u >= this->tiles) return Pending{typename Cursor::Fetched{}, false, 0};
-    const int j = at.k * TILE + this->tid;
-    const bool ok = this->tid < TILE && j < at.n;
-    const Pending pd{cur.next(ok), ok, min(TILE, at.n - at.k * TILE)};
-    if (u + 1 < this->tiles) {
-      const int s = at.s;
-      at.next(tile_start, lengths);
-      if (at.s != s) cur = Cursor(layout, at.s, this->tid);
-    }
-    return pd;
-  }
-  /// Finishes it (see KvStages::set_rows).
-  __device__ __forceinline__ void prepare(int u, const Pending& pd) {
-    this->set_rows(u, pd.ok ? cur.entry(pd.f) : -1, pd.valid);
-  }
-
-  /// Resolves the first STAGES tiles (their loads in flight together) and issues STAGES - 1.
-  __device__ __forceinline__ void start() {
-    this->init_barriers();
-    Pending pd[STAGES];
-#pragma unroll
-    for (int u = 0; u < STAGES; ++u) pd[u] = fetch(u);
-#pragma unroll
-    for (int u = 0; u < STAGES; ++u) prepare(u, pd[u]);
-    __syncthreads();
-#pragma unroll
-    for (int u = 0; u < STAGES - 1; ++u) this->issue(u);
-  }
-};
-
 template <class T, int D, class Layout>
 using FmaStream = KvStream<T, D, kDecodeTile, D, kDecodeStages, kDecodeThreads, Layout>;
 template <class T, int D, class Layout>
 using MmaStream = KvStream<T, D, kMmaTile, D + 8, kMmaStages, kDecodeThreads, Layout>;  // padded rows
-template <class T, int D, class Layout>
-using MmaTileStream = KvTileStream<T, D, kMmaTile, D + 8, kMmaStages, kDecodeThreads, Layout>;
 
 // ---------------------------------------------------------------------------------------------
 // Combining the splits
@@ -484,15 +356,13 @@ __device__ __forceinline__ bool last_of_splits(unsigned long long* counter, int 
   return true;
 }
 
-/// Combines the warps' partial results: red_acc [WARPS][G][D] and red_ml [WARPS][G] (max, sum)
-/// in shared memory hold them. The block's result is part `part` of the `parts` partial results
-/// of sequence s; row(x, gg) is the workspace row of part x's query head gg (D floats of
-/// part_acc, 2 of part_ml). With one part the block writes the output; with more it writes its
-/// partial to the workspace, and the last block of the sequence to get here combines the partials
-/// in part order (deterministic, the same arithmetic as a separate combine pass).
-template <int D, int G, int WARPS, class T, class Q, class O, class Layout, class Row>
-__device__ __forceinline__ void decode_combine(const DecodeParams<T, Q, O, Layout>& p, const float* red_acc,
-                                               const float (*red_ml)[G][2], int s, int parts, int part, Row row) {
+/// The end of both kernels: red_acc [WARPS][G][D] and red_ml [WARPS][G] (max, sum) hold the
+/// warps' partial results in shared memory. With one split the block writes the output; with
+/// more it writes its partial to the workspace, and the last block of the sequence combines the
+/// partials in split order (deterministic, the same arithmetic as a separate combine pass).
+template <int D, int G, int WARPS, class T, class Q, class O, class Layout>
+__device__ __forceinline__ void decode_finish(const DecodeParams<T, Q, O, Layout>& p, const float* red_acc,
+                                              const float (*red_ml)[G][2], int s, int x) {
   const int tid = static_cast<int>(threadIdx.x);
   const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
   for (int i = tid; i < G * D; i += kDecodeThreads) {
@@ -507,11 +377,11 @@ __device__ __forceinline__ void decode_combine(const DecodeParams<T, Q, O, Layou
       ll += red_ml[w][gg][1] * f;
       aa += red_acc[(w * G + gg) * D + d] * f;
     }
-    if (parts == 1) {
+    if (p.splits == 1) {
       O* out = p.io.out + b * p.io.out_request_stride + (h * G + gg) * p.io.out_head_stride;
       out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
     } else {
-      const int64_t slot = row(part, gg);
+      const int64_t slot = (static_cast<int64_t>(s) * G + gg) * p.splits + x;
       p.part_acc[slot * D + d] = aa;
       if (d == 0) {
         p.part_ml[slot * 2] = mm;
@@ -519,38 +389,28 @@ __device__ __forceinline__ void decode_combine(const DecodeParams<T, Q, O, Layou
       }
     }
   }
-  if (parts == 1) return;
+  if (p.splits == 1) return;
   __shared__ bool last;
   __threadfence();  // the partials are visible GPU-wide before the ticket is taken
   __syncthreads();
-  if (tid == 0) last = last_of_splits(p.tickets + s, parts);
+  if (tid == 0) last = last_of_splits(p.tickets + s, p.splits);
   __syncthreads();
   if (!last) return;
   __threadfence();  // acquire the other blocks' partials; read them from L2 (__ldcg), not L1
   for (int i = tid; i < G * D; i += kDecodeThreads) {
     const int gg = i / D, d = i % D;
+    const int64_t base = (static_cast<int64_t>(s) * G + gg) * p.splits;
     float mm = kNegInf;
-    for (int xx = 0; xx < parts; ++xx) mm = fmaxf(mm, __ldcg(p.part_ml + row(xx, gg) * 2));
+    for (int xx = 0; xx < p.splits; ++xx) mm = fmaxf(mm, __ldcg(p.part_ml + (base + xx) * 2));
     float ll = 0.0f, aa = 0.0f;
-    for (int xx = 0; xx < parts; ++xx) {
-      const int64_t slot = row(xx, gg);
-      const float f = exp_diff(__ldcg(p.part_ml + slot * 2), mm);
-      ll += __ldcg(p.part_ml + slot * 2 + 1) * f;
-      aa += __ldcg(p.part_acc + slot * D + d) * f;
+    for (int xx = 0; xx < p.splits; ++xx) {
+      const float f = exp_diff(__ldcg(p.part_ml + (base + xx) * 2), mm);
+      ll += __ldcg(p.part_ml + (base + xx) * 2 + 1) * f;
+      aa += __ldcg(p.part_acc + (base + xx) * D + d) * f;
     }
     O* out = p.io.out + b * p.io.out_request_stride + (h * G + gg) * p.io.out_head_stride;
     out[d] = from_float<O>(ll > 0.0f ? aa / ll : 0.0f);
   }
-}
-
-/// The end of the split kernels: split x of sequence s, partials at [S][G][splits].
-template <int D, int G, int WARPS, class T, class Q, class O, class Layout>
-__device__ __forceinline__ void decode_finish(const DecodeParams<T, Q, O, Layout>& p, const float* red_acc,
-                                              const float (*red_ml)[G][2], int s, int x) {
-  const int splits = p.splits;
-  decode_combine<D, G, WARPS>(p, red_acc, red_ml, s, splits, x, [s, splits](int xx, int gg) {
-    return (static_cast<int64_t>(s) * G + gg) * splits + xx;
-  });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -709,121 +569,126 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem)
                : "r"(a));
 }
 
-/// This lane's values of Q as the A operand (row g = query head g of sequence s, 16 dims per
-/// k-step; rows 8..15 and g >= G are zero), as floats: the load is apart from the packing so
-/// that its latency can overlap other work.
-template <int D, int G, class Q, class O>
-__device__ __forceinline__ void mma_load_q(const DecodeIO<Q, O>& io, int s, int num_kv_heads, float (&v)[D / 16][4]) {
-  const int lane = static_cast<int>(threadIdx.x) & 31, g = lane >> 2, t4 = lane & 3;
-  const int b = s / num_kv_heads, h = s % num_kv_heads;
-#pragma unroll
-  for (int ks = 0; ks < D / 16; ++ks) {
-    v[ks][0] = v[ks][1] = v[ks][2] = v[ks][3] = 0.0f;
-    if (g < G) {
-      const Q* qp = io.q + b * io.q_request_stride + (h * G + g) * io.q_head_stride + ks * 16 + t4 * 2;
-      v[ks][0] = to_float(qp[0]), v[ks][1] = to_float(qp[1]), v[ks][2] = to_float(qp[8]), v[ks][3] = to_float(qp[9]);
-    }
-  }
-}
+/// grid (splits, S), 128 threads: 4 warps, each 16 entries of every 64-entry stage.
+template <class T, int D, int G, class Q, class O, class Layout>
+__global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams<T, Q, O, Layout> p) {
+  static_assert(G >= 1 && G <= 8, "group size 1 to 8");
+  constexpr int KS = D / 16;          // k-steps of Q K^T
+  constexpr int NB = D / 8;           // n-blocks of P V
+  constexpr int NQ = std::is_same_v<Q, float> ? 2 : 1;  // float queries: hi + lo terms
+  constexpr int WARPS = kDecodeThreads / 32;
+  constexpr int LD = D + 8;  // padded rows: conflict-free fragment loads and ldmatrix
+  using Stream = MmaStream<T, D, Layout>;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ typename Stream::Shared stream_sh;
+  __shared__ float red_ml[WARPS][G][2];
 
-/// Packs them into 16-bit pairs: float queries as hi (qa) + lo (ql) terms, others as qa alone.
-template <class T, class Q, int KS>
-__device__ __forceinline__ void mma_pack_q(const float (&v)[KS][4], uint32_t (&qa)[KS][2], uint32_t (&ql)[KS][2]) {
+  const int x = blockIdx.x, s = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, t4 = lane & 3;  // fragment row (query head) and column pair
+  const int n = p.kv.lengths[s];
+  const int per = static_cast<int>(ceil_div(ceil_div(n, p.splits), kMmaTile) * kMmaTile);
+  const int begin = min(n, x * per), end = min(n, begin + per);
+  const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
+  Stream kv(p.kv, s, begin, end, smem_raw, stream_sh);
+  kv.start();  // the first copies fly while the queries load
+
+  // Q as the A operand: row g (query head), 16 dims per k-step; rows 8..15 are zero.
+  uint32_t qa[KS][2], ql[KS][2];
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
-    if constexpr (std::is_same_v<Q, float>) {
-      split2<T>(v[ks][0], v[ks][1], qa[ks][0], ql[ks][0]);
-      split2<T>(v[ks][2], v[ks][3], qa[ks][1], ql[ks][1]);
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (g < G) {
+      const Q* qp = p.io.q + b * p.io.q_request_stride + (h * G + g) * p.io.q_head_stride + ks * 16 + t4 * 2;
+      v[0] = to_float(qp[0]), v[1] = to_float(qp[1]), v[2] = to_float(qp[8]), v[3] = to_float(qp[9]);
+    }
+    if constexpr (NQ == 2) {
+      split2<T>(v[0], v[1], qa[ks][0], ql[ks][0]);
+      split2<T>(v[2], v[3], qa[ks][1], ql[ks][1]);
     } else {
-      qa[ks][0] = pack2<T>(v[ks][0], v[ks][1]);
-      qa[ks][1] = pack2<T>(v[ks][2], v[ks][3]);
-      ql[ks][0] = ql[ks][1] = 0u;  // unused
+      qa[ks][0] = pack2<T>(v[0], v[1]);
+      qa[ks][1] = pack2<T>(v[2], v[3]);
     }
   }
-}
+  float o[NB][4];
+#pragma unroll
+  for (int i = 0; i < NB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+  float m = kNegInf, l = 0.0f;  // row g's running max and sum (all four lanes of the row agree)
 
-/// One 64-entry stage on the tensor cores: S = Q K^T for the warp's 16 entries, the online
-/// softmax of row g (running max m, sum l; all four lanes of the row agree), O += P V. Entries at
-/// or past `valid` are masked.
-template <class T, int D, int G, class Q>
-__device__ __forceinline__ void mma_decode_tile(const T* ks, const T* vs, const float* bs, int valid, float scale,
-                                                const uint32_t (&qa)[D / 16][2], const uint32_t (&ql)[D / 16][2],
-                                                float (&o)[D / 8][4], float& m, float& l) {
-  constexpr int KS = D / 16;
-  constexpr int NB = D / 8;
-  constexpr int NQ = std::is_same_v<Q, float> ? 2 : 1;
-  constexpr int LD = D + 8;
-  const int tid = static_cast<int>(threadIdx.x), lane = tid & 31, warp = tid >> 5;
-  const int g = lane >> 2, t4 = lane & 3;
   const int e0 = warp * 16;  // this warp's entries within a stage
-  // S = Q K^T for entries e0 .. e0 + 15 (two n-blocks of 8).
-  float sacc[2][4];
+  for (int t = 0; t < kv.tiles; ++t) {
+    kv.wait(t);
+    kv.issue(t + kMmaStages - 1);
+    const auto ahead = kv.fetch(t + kMmaStages);
+    const int st = t % kMmaStages;
+    const T* ks = kv.k(st);
+    const T* vs = kv.v(st);
+    const float* bs = kv.b(st);
+    const int j0 = begin + t * kMmaTile;
+    // S = Q K^T for entries e0 .. e0 + 15 (two n-blocks of 8).
+    float sacc[2][4];
 #pragma unroll
-  for (int nb = 0; nb < 2; ++nb) {
-    sacc[nb][0] = sacc[nb][1] = sacc[nb][2] = sacc[nb][3] = 0.0f;
-    const T* krow = ks + (e0 + nb * 8 + g) * LD + t4 * 2;
+    for (int nb = 0; nb < 2; ++nb) {
+      sacc[nb][0] = sacc[nb][1] = sacc[nb][2] = sacc[nb][3] = 0.0f;
+      const T* krow = ks + (e0 + nb * 8 + g) * LD + t4 * 2;
 #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kk * 16);
-      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8);
-      mma16816<T>(sacc[nb], qa[kk][0], 0u, qa[kk][1], 0u, b0, b1);
-      if constexpr (NQ == 2) mma16816<T>(sacc[nb], ql[kk][0], 0u, ql[kk][1], 0u, b0, b1);
+      for (int kk = 0; kk < KS; ++kk) {
+        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kk * 16);
+        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8);
+        mma16816<T>(sacc[nb], qa[kk][0], 0u, qa[kk][1], 0u, b0, b1);
+        if constexpr (NQ == 2) mma16816<T>(sacc[nb], ql[kk][0], 0u, ql[kk][1], 0u, b0, b1);
+      }
     }
-  }
-  // Online softmax of row g over the 16 entries: this lane holds entries t4*2, +1 of each block.
-  float xs[4];
-  float tile_max = kNegInf;
+    // Online softmax of row g over the 16 entries: this lane holds entries t4*2, +1 of each block.
+    float xs[4];
+    float tile_max = kNegInf;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int e = e0 + (i >> 1) * 8 + t4 * 2 + (i & 1);
-    const bool ok = g < G && e < valid;
-    xs[i] = ok ? sacc[i >> 1][i & 1] * scale + bs[e] : kNegInf;
-    tile_max = fmaxf(tile_max, xs[i]);
-  }
-  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-  tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
-  const float mn = fmaxf(m, tile_max);
-  const float alpha = exp_diff(m, mn);
-  float psum = 0.0f;
+    for (int i = 0; i < 4; ++i) {
+      const int e = e0 + (i >> 1) * 8 + t4 * 2 + (i & 1);
+      const bool ok = g < G && j0 + e < end;
+      xs[i] = ok ? sacc[i >> 1][i & 1] * p.scale + bs[e] : kNegInf;
+      tile_max = fmaxf(tile_max, xs[i]);
+    }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float mn = fmaxf(m, tile_max);
+    const float alpha = exp_diff(m, mn);
+    float psum = 0.0f;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    xs[i] = exp_diff(xs[i], mn);
-    psum += xs[i];
-  }
-  psum += __shfl_xor_sync(0xffffffffu, psum, 1);
-  psum += __shfl_xor_sync(0xffffffffu, psum, 2);
-  l = l * alpha + psum;
-  m = mn;
+    for (int i = 0; i < 4; ++i) {
+      xs[i] = exp_diff(xs[i], mn);
+      psum += xs[i];
+    }
+    psum += __shfl_xor_sync(0xffffffffu, psum, 1);
+    psum += __shfl_xor_sync(0xffffffffu, psum, 2);
+    l = l * alpha + psum;
+    m = mn;
 #pragma unroll
-  for (int i = 0; i < NB; ++i) o[i][0] *= alpha, o[i][1] *= alpha;
-  // P as the A operand (rows 8..15 zero), hi + lo.
-  uint32_t pa0, pa2, pl0, pl2;
-  split2<T>(xs[0], xs[1], pa0, pl0);
-  split2<T>(xs[2], xs[3], pa2, pl2);
-  // O += P V: V fragments by transposing loads of the warp's 16 rows, two n-blocks at a time.
-  const int mi = lane >> 3, ri = lane & 7;
-  const T* vrow = vs + (e0 + (mi & 1) * 8 + ri) * LD + (mi >> 1) * 8;
+    for (int i = 0; i < NB; ++i) o[i][0] *= alpha, o[i][1] *= alpha;
+    // P as the A operand (rows 8..15 zero), hi + lo.
+    uint32_t pa0, pa2, pl0, pl2;
+    split2<T>(xs[0], xs[1], pa0, pl0);
+    split2<T>(xs[2], xs[3], pa2, pl2);
+    // O += P V: V fragments by transposing loads of the warp's 16 rows, two n-blocks at a time.
+    const int mi = lane >> 3, ri = lane & 7;
+    const T* vrow = vs + (e0 + (mi & 1) * 8 + ri) * LD + (mi >> 1) * 8;
 #pragma unroll
-  for (int nbp = 0; nbp < NB / 2; ++nbp) {
-    uint32_t vb[4];
-    ldmatrix_x4_trans(vb, vrow + nbp * 16);
-    mma16816<T>(o[2 * nbp], pa0, 0u, pa2, 0u, vb[0], vb[1]);
-    mma16816<T>(o[2 * nbp], pl0, 0u, pl2, 0u, vb[0], vb[1]);
-    mma16816<T>(o[2 * nbp + 1], pa0, 0u, pa2, 0u, vb[2], vb[3]);
-    mma16816<T>(o[2 * nbp + 1], pl0, 0u, pl2, 0u, vb[2], vb[3]);
+    for (int nbp = 0; nbp < NB / 2; ++nbp) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, vrow + nbp * 16);
+      mma16816<T>(o[2 * nbp], pa0, 0u, pa2, 0u, vb[0], vb[1]);
+      mma16816<T>(o[2 * nbp], pl0, 0u, pl2, 0u, vb[0], vb[1]);
+      mma16816<T>(o[2 * nbp + 1], pa0, 0u, pa2, 0u, vb[2], vb[3]);
+      mma16816<T>(o[2 * nbp + 1], pl0, 0u, pl2, 0u, vb[2], vb[3]);
+    }
+    kv.prepare(t + kMmaStages, ahead);
   }
-}
-
-/// The warps' partial results into shared memory, for decode_combine: red_acc [WARPS][G][D],
-/// red_ml [WARPS][G] (max, sum).
-template <int D, int G, int WARPS>
-__device__ __forceinline__ void mma_store_partial(const float (&o)[D / 8][4], float m, float l, float* red_acc,
-                                                  float (*red_ml)[G][2]) {
-  const int lane = static_cast<int>(threadIdx.x) & 31, warp = static_cast<int>(threadIdx.x) >> 5;
-  const int g = lane >> 2, t4 = lane & 3;
+  kv.finish();
+  __syncthreads();  // the stages are reused for the cross-warp reduction
+  float* red_acc = reinterpret_cast<float*>(smem_raw);  // [WARPS][G][D]
   if (g < G) {
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
+    for (int i = 0; i < NB; ++i) {
       red_acc[(warp * G + g) * D + i * 8 + t4 * 2] = o[i][0];
       red_acc[(warp * G + g) * D + i * 8 + t4 * 2 + 1] = o[i][1];
     }
@@ -832,178 +697,8 @@ __device__ __forceinline__ void mma_store_partial(const float (&o)[D / 8][4], fl
       red_ml[warp][g][1] = l;
     }
   }
-}
-
-/// grid (splits, S), 128 threads: 4 warps, each 16 entries of every 64-entry stage.
-template <class T, int D, int G, class Q, class O, class Layout>
-__global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams<T, Q, O, Layout> p) {
-  static_assert(G >= 1 && G <= 8, "group size 1 to 8");
-  constexpr int KS = D / 16;  // k-steps of Q K^T
-  constexpr int NB = D / 8;   // n-blocks of P V
-  constexpr int WARPS = kDecodeThreads / 32;
-  using Stream = MmaStream<T, D, Layout>;
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  __shared__ typename Stream::Shared stream_sh;
-  __shared__ float red_ml[WARPS][G][2];
-
-  const int x = blockIdx.x, s = blockIdx.y;
-  const int n = p.kv.lengths[s];
-  const int per = static_cast<int>(ceil_div(ceil_div(n, p.splits), kMmaTile) * kMmaTile);
-  const int begin = min(n, x * per), end = min(n, begin + per);
-  Stream kv(p.kv, s, begin, end, smem_raw, stream_sh);
-  kv.start();  // the first copies fly while the queries load
-
-  uint32_t qa[KS][2], ql[KS][2];
-  {
-    float qv[KS][4];
-    mma_load_q<D, G>(p.io, s, p.kv.num_kv_heads, qv);
-    mma_pack_q<T, Q>(qv, qa, ql);
-  }
-  float o[NB][4];
-#pragma unroll
-  for (int i = 0; i < NB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m = kNegInf, l = 0.0f;
-
-  for (int t = 0; t < kv.tiles; ++t) {
-    kv.wait(t);
-    kv.issue(t + kMmaStages - 1);
-    const auto ahead = kv.fetch(t + kMmaStages);
-    const int st = t % kMmaStages;
-    mma_decode_tile<T, D, G, Q>(kv.k(st), kv.v(st), kv.b(st), end - (begin + t * kMmaTile), p.scale, qa, ql, o, m, l);
-    kv.prepare(t + kMmaStages, ahead);
-  }
-  kv.finish();
-  __syncthreads();  // the stages are reused for the cross-warp reduction
-  float* red_acc = reinterpret_cast<float*>(smem_raw);  // [WARPS][G][D]
-  mma_store_partial<D, G, WARPS>(o, m, l, red_acc, red_ml);
   __syncthreads();
   decode_finish<D, G, WARPS>(p, red_acc, red_ml, s, x);
-}
-
-/// The persistent schedule's plan, one block of 1024 threads: tile_start[s] = the tiles of the
-/// sequences before s (a scan of ceil(lengths / 64); tile_start[S] = all of them), W = ceil(all /
-/// blocks) tiles per block (at least 1), and for each block b whose range [b W, (b + 1) W) is not
-/// empty, the sequence that holds tile b W: block_start[b] = {s, tile_start[s], its tiles, its
-/// length}, so that a block needs no search to start.
-__global__ void __launch_bounds__(1024) decode_schedule_kernel(const int32_t* lengths, int num_seqs, int blocks,
-                                                               int* tile_start, int* tiles_per_block,
-                                                               int4* block_start) {
-  using Scan = cub::BlockScan<int, 1024>;
-  __shared__ typename Scan::TempStorage temp;
-  int base = 0;
-  for (int s0 = 0; s0 < num_seqs; s0 += 1024) {
-    const int s = s0 + static_cast<int>(threadIdx.x);
-    const int tiles = s < num_seqs ? static_cast<int>(ceil_div(max(lengths[s], 0), kMmaTile)) : 0;
-    int offset, aggregate;
-    Scan(temp).ExclusiveSum(tiles, offset, aggregate);
-    __syncthreads();  // temp serves the next chunk
-    if (s < num_seqs) tile_start[s] = base + offset;
-    base += aggregate;
-  }
-  const int per = max(1, static_cast<int>(ceil_div(base, blocks)));
-  if (threadIdx.x == 0) {
-    tile_start[num_seqs] = base;
-    *tiles_per_block = per;
-  }
-  __syncthreads();  // every thread's tile_start writes are visible to the block
-  for (int s = static_cast<int>(threadIdx.x); s < num_seqs; s += 1024) {
-    const int first = tile_start[s], end = tile_start[s + 1];
-    // The blocks whose first tile b W lies in [first, end): none when s has no tiles.
-    for (int64_t b = ceil_div(first, per); b < blocks && b * per < end; ++b)
-      block_start[b] = make_int4(s, first, end - first, lengths[s]);
-  }
-}
-
-/// grid: one block per resident slot, 128 threads (4 warps as in decode_mma_kernel). Block b
-/// streams tiles [b W, (b + 1) W) of the concatenation of every sequence's 64-entry tiles as one
-/// cp.async pipeline. Its range is cut into segments, one per sequence it touches; when a segment
-/// ends its partial result (acc, m, l) is flushed while the next segment's tiles are in flight. A
-/// segment that is a whole sequence writes the output; the segments of a sequence cut by block
-/// boundaries go to the workspace, at row 2b of block b's first segment and 2b + 1 of its last
-/// (the middle ones are whole sequences), and the last of them to finish combines them in order.
-template <class T, int D, int G, class Q, class O, class Layout>
-__global__ void __launch_bounds__(kDecodeThreads) decode_persistent_kernel(DecodeParams<T, Q, O, Layout> p) {
-  static_assert(G >= 1 && G <= 8, "group size 1 to 8");
-  constexpr int KS = D / 16;
-  constexpr int NB = D / 8;
-  constexpr int WARPS = kDecodeThreads / 32;
-  using Stream = MmaTileStream<T, D, Layout>;
-  static_assert(Stream::stage_bytes >= sizeof(float) * WARPS * G * D, "one stage holds the reduction");
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  __shared__ typename Stream::Shared stream_sh;
-  __shared__ float red_ml[WARPS][G][2];
-
-  const int blk = static_cast<int>(blockIdx.x);
-  const int total = p.tile_start[p.num_seqs], per = *p.tiles_per_block;
-  const int4 from = p.block_start[blk];  // garbage when the range is empty: then unused
-  const int64_t first_tile = static_cast<int64_t>(blk) * per;
-  const int tiles = static_cast<int>(max(int64_t{0}, min(static_cast<int64_t>(total), first_tile + per) - first_tile));
-  const TileWalk start = tiles > 0 ? TileWalk{from.x, static_cast<int>(first_tile - from.y), from.y, from.z, from.w}
-                                   : TileWalk{0, 0, 0, 1, 0};
-  Stream kv(p.kv, p.tile_start, start, tiles, smem_raw, stream_sh);
-  kv.start();  // the first copies fly while the queries load
-
-  uint32_t qa[KS][2], ql[KS][2];
-  float qv[KS][4];
-  mma_load_q<D, G>(p.io, start.s, p.kv.num_kv_heads, qv);
-  mma_pack_q<T, Q>(qv, qa, ql);
-  float o[NB][4];
-#pragma unroll
-  for (int i = 0; i < NB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m = kNegInf, l = 0.0f;
-
-  TileWalk at = start;  // the tile being computed
-  for (int t = 0; t < tiles; ++t) {
-    kv.wait(t);
-    kv.issue(t + kMmaStages - 1);
-    const auto ahead = kv.fetch(t + kMmaStages);
-    const int st = t % kMmaStages;
-    mma_decode_tile<T, D, G, Q>(kv.k(st), kv.v(st), kv.b(st), at.n - at.k * kMmaTile, p.scale, qa, ql, o, m, l);
-    kv.prepare(t + kMmaStages, ahead);
-    const bool more = t + 1 < tiles;
-    if (more && at.k + 1 < at.count) {
-      ++at.k;
-      continue;
-    }
-    // The segment of sequence `done.s` ends: start the next sequence's query loads, then flush.
-    const TileWalk done = at;
-    if (more) {
-      at.next(p.tile_start, p.kv.lengths);
-      mma_load_q<D, G>(p.io, at.s, p.kv.num_kv_heads, qv);
-    }
-    // Every warp is done with stage st, so it holds the reduction: the next copy into it (tile
-    // t + STAGES) is issued after the next wait()'s barrier, which follows every read below. The
-    // other stages are in flight and untouched.
-    __syncthreads();
-    float* red_acc = reinterpret_cast<float*>(kv.k(st));  // [WARPS][G][D]
-    mma_store_partial<D, G, WARPS>(o, m, l, red_acc, red_ml);
-    __syncthreads();
-    const int first_block = done.first / per;  // the block holding the sequence's first tile
-    const int parts = (done.first + done.count - 1) / per - first_block + 1;
-    // Only the first part can start inside its block (then it is that block's last segment).
-    const bool first_inside = done.first > static_cast<int64_t>(first_block) * per;
-    decode_combine<D, G, WARPS>(p, red_acc, red_ml, done.s, parts, blk - first_block,
-                                [first_block, first_inside](int x, int gg) {
-                                  const int64_t part_row = 2 * static_cast<int64_t>(first_block + x) + (x == 0 && first_inside);
-                                  return part_row * G + gg;
-                                });
-#pragma unroll
-    for (int i = 0; i < NB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    m = kNegInf, l = 0.0f;
-    if (more) mma_pack_q<T, Q>(qv, qa, ql);
-  }
-  kv.finish();
-
-  // Sequences without entries have no tiles, so no segment: their output is 0 (as the split
-  // kernels write it), spread over the blocks.
-  for (int s = blk; s < p.num_seqs; s += static_cast<int>(gridDim.x)) {
-    if (p.tile_start[s + 1] != p.tile_start[s]) continue;
-    const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
-    for (int i = static_cast<int>(threadIdx.x); i < G * D; i += kDecodeThreads) {
-      const int gg = i / D, d = i % D;
-      p.io.out[b * p.io.out_request_stride + (h * G + gg) * p.io.out_head_stride + d] = from_float<O>(0.0f);
-    }
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1100,9 +795,6 @@ inline int decode_splits(const DecodeShape& shape) {
 
 /// The workspace: tickets [S], partial accumulators [S][G][max_splits][D], (max, sum) pairs
 /// [S][G][max_splits][2]; a call with fewer splits uses the front of each.
-/// The persistent schedule's instead: tickets [S], tile_start [S + 1], tiles_per_block [1],
-/// block_start [blocks], partial accumulators [2 x blocks][G][D] and pairs [2 x blocks][G][2],
-/// blocks = SMs x blocks_bound (the grid is SMs x occupancy, occupancy within the bound).
 struct DecodeWork {
   unsigned long long* tickets = nullptr;
   float* acc = nullptr;
@@ -1110,31 +802,12 @@ struct DecodeWork {
   int max_splits = 1;
   int blocks_bound = 1;
   DecodeDevice dev;
-  int* tile_start = nullptr;
-  int* tiles_per_block = nullptr;
-  int4* block_start = nullptr;
-  int persistent_blocks = 0;  // the most blocks of the persistent grid
 };
-
-inline bool decode_persistent(const DecodeShape& shape) { return shape.persistent && shape.tensor_cores; }
 
 inline DecodeWork decode_carve(const DecodeShape& shape, void* base, std::size_t* bytes) {
   DecodeWork w;
   w.dev = decode_device();
   w.blocks_bound = decode_blocks_bound(shape, w.dev);
-  if (decode_persistent(shape)) {
-    w.persistent_blocks = w.dev.sms * w.blocks_bound;
-    const std::size_t rows = 2 * static_cast<std::size_t>(w.persistent_blocks) * shape.group;
-    Carver c(base);
-    w.tickets = c.take<unsigned long long>(static_cast<std::size_t>(shape.num_seqs));
-    w.tile_start = c.take<int>(static_cast<std::size_t>(shape.num_seqs) + 1);
-    w.tiles_per_block = c.take<int>(1);
-    w.block_start = c.take<int4>(static_cast<std::size_t>(w.persistent_blocks));
-    w.acc = c.take<float>(rows * shape.head_dim);
-    w.ml = c.take<float>(rows * 2);
-    *bytes = c.bytes();
-    return w;
-  }
   w.max_splits = decode_max_splits(shape, w.dev.sms, w.blocks_bound);
   if (w.max_splits <= 1) {
     *bytes = 256;
@@ -1171,45 +844,9 @@ cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io
   return cudaGetLastError();
 }
 
-/// The persistent schedule: the plan (decode_schedule_kernel), then one block per resident slot.
-template <class T, int D, int G, class Q, class O, class Layout>
-cudaError_t decode_persistent_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape,
-                                     const DecodeWork& work, cudaStream_t stream) {
-  const std::size_t smem = MmaTileStream<T, D, Layout>::bytes;
-  auto kernel = decode_persistent_kernel<T, D, G, Q, O, Layout>;
-  if (smem > 48 * 1024)
-    SIMCALKV_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int occupancy = 0;
-  SIMCALKV_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kDecodeThreads, smem));
-  occupancy = std::clamp(occupancy, 1, work.blocks_bound);  // within the bound the workspace was sized by
-  const int blocks = std::min(work.dev.sms * occupancy, work.persistent_blocks);
-  decode_schedule_kernel<<<1, 1024, 0, stream>>>(kv.lengths, shape.num_seqs, blocks, work.tile_start,
-                                                 work.tiles_per_block, work.block_start);
-  SIMCALKV_CUDA_TRY(cudaGetLastError());
-  const float scale = io.scale != 0.0f ? io.scale : 1.0f / std::sqrt(static_cast<float>(D));
-  DecodeParams<T, Q, O, Layout> p{kv, io, 1, scale, work.acc, work.ml, work.tickets};
-  p.tile_start = work.tile_start, p.tiles_per_block = work.tiles_per_block, p.block_start = work.block_start;
-  p.num_seqs = shape.num_seqs;
-  kernel<<<blocks, kDecodeThreads, smem, stream>>>(p);
-  return cudaGetLastError();
-}
-
 template <class T, int D, class Q, class O, class Layout>
 cudaError_t decode_dispatch_group(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape,
                                   const DecodeWork& work, cudaStream_t stream) {
-  if (decode_persistent(shape)) {
-    switch (shape.group) {
-      case 1: return decode_persistent_launch<T, D, 1>(kv, io, shape, work, stream);
-      case 2: return decode_persistent_launch<T, D, 2>(kv, io, shape, work, stream);
-      case 3: return decode_persistent_launch<T, D, 3>(kv, io, shape, work, stream);
-      case 4: return decode_persistent_launch<T, D, 4>(kv, io, shape, work, stream);
-      case 5: return decode_persistent_launch<T, D, 5>(kv, io, shape, work, stream);
-      case 6: return decode_persistent_launch<T, D, 6>(kv, io, shape, work, stream);
-      case 7: return decode_persistent_launch<T, D, 7>(kv, io, shape, work, stream);
-      case 8: return decode_persistent_launch<T, D, 8>(kv, io, shape, work, stream);
-      default: return cudaErrorInvalidValue;
-    }
-  }
   switch (shape.group) {
     case 1: return decode_launch<T, D, 1>(kv, io, shape, work, stream);
     case 2: return decode_launch<T, D, 2>(kv, io, shape, work, stream);

@@ -31,6 +31,8 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
+#include <atomic>
+#include <climits>
 #include <cmath>
 
 namespace simcalkv::cuda {
@@ -79,6 +81,57 @@ inline int protected_recent(const PolicyConfig& c, int window_tokens) {
   return c.recent_tokens >= 0 ? c.recent_tokens : window_tokens;
 }
 
+template <class Kernel>
+cudaError_t allow_smem(Kernel kernel, std::size_t bytes) {
+  if (bytes <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+}
+
+/// Blocks of score_kernel<PASS> resident per SM on the current device (registers and shared
+/// memory decide it), asked once per device.
+template <class T, int D, int NA, int PASS>
+int score_blocks_per_sm() {
+  static std::atomic<int> cached[16] = {};
+  int device = 0;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0) device = 0;
+  std::atomic<int>& slot = cached[device % 16];
+  int blocks = slot.load(std::memory_order_relaxed);
+  if (blocks > 0) return blocks;
+  auto kernel = score_kernel<T, D, NA, PASS, RaggedLayout>;
+  const std::size_t smem = ScoreSmem<T, D>::bytes;
+  if (allow_smem(kernel, smem) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kScoreThreads, smem) != cudaSuccess)
+    blocks = 1;
+  blocks = std::max(1, blocks);
+  slot.store(blocks, std::memory_order_relaxed);
+  return blocks;
+}
+
+template <class T, int NA, int PASS>
+int score_blocks_per_sm(int head_dim) {
+  return head_dim == 64 ? score_blocks_per_sm<T, 64, NA, PASS>() : score_blocks_per_sm<T, 128, NA, PASS>();
+}
+
+/// Splits of each sequence's `tiles` key tiles for the score kernels: the count that minimises a
+/// model of the time. Blocks run in waves of `slots` (SMs x resident blocks), and every wave, the
+/// last one too, costs as much as a full one: waves x (tiles per block + a block's fixed cost).
+/// (A fixed target of blocks left the last of four waves a quarter full for 256 sequences.)
+inline int score_splits(long long blocks_per_split, long long tiles, long long slots) {
+  constexpr long long kBlockCostTiles = 2;  // pipeline fill and epilogue
+  tiles = std::max(1LL, tiles);
+  slots = std::max(1LL, slots);
+  blocks_per_split = std::max(1LL, blocks_per_split);
+  int best = 1;
+  long long best_cost = LLONG_MAX;
+  for (long long x = 1; x <= tiles; ++x) {
+    const long long per = ceil_div(tiles, x);
+    if (ceil_div(tiles, per) != x) continue;  // the same cut as fewer splits
+    const long long cost = ceil_div(blocks_per_split * x, slots) * (per + kBlockCostTiles);
+    if (cost < best_cost) best = static_cast<int>(x), best_cost = cost;  // ties: fewer splits
+  }
+  return best;
+}
+
 /// The planning derived from a shape (identical when sizing and when running).
 struct CompressPlan {
   int rows = 0, rows_padded = 0, groups = 0;
@@ -104,9 +157,11 @@ CompressPlan make_plan(const CompressShape& shape, const PolicyConfig& c) {
   p.rows_padded = static_cast<int>(ceil_div(p.rows, kWindowRowAlign) * kWindowRowAlign);
   p.groups = p.rows_padded / (p.split_queries ? kScoreRows<2> : kScoreRows<1>);
   p.tiles = static_cast<int>(ceil_div(shape.max_length, kEntriesPerTile));
-  const long long target = 8LL * device_sm_count();
-  const long long per_split = static_cast<long long>(shape.num_seqs) * (p.groups > 0 ? p.groups : 1);
-  p.splits = static_cast<int>(std::max<long long>(1, std::min<long long>(p.tiles, ceil_div(target, per_split))));
+  if (p.scored) {
+    constexpr int NA = std::is_same_v<Q, float> ? 2 : 1;
+    const long long slots = static_cast<long long>(device_sm_count()) * score_blocks_per_sm<T, NA, 1>(shape.head_dim);
+    p.splits = score_splits(static_cast<long long>(shape.num_seqs) * std::max(1, p.groups), p.tiles, slots);
+  }
   p.tiles_per_split = std::max(1, static_cast<int>(ceil_div(p.tiles, p.splits)));
   p.splits = std::max(1, static_cast<int>(ceil_div(p.tiles, p.tiles_per_split)));
   p.chunks_per_seq = std::max(1, static_cast<int>(ceil_div(shape.max_length, kCompactChunk)));
@@ -262,12 +317,6 @@ __global__ void finish_kernel(FinishParams p) {
     p.stats[s] = SeqStats{n, B, removed - evicted, evicted};
   }
   p.lengths[s] = B;
-}
-
-template <class Kernel>
-cudaError_t allow_smem(Kernel kernel, std::size_t bytes) {
-  if (bytes <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
 template <class T, class Q, int D, class Layout>
@@ -449,8 +498,11 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     sp.rows = plan.rows;
     sp.rows_padded = plan.rows_padded;
     sp.scale = 1.0f / std::sqrt(static_cast<float>(D));
-    sp.tiles_per_split = plan.tiles_per_split;
-    sp.splits = static_cast<int>(ceil_div(ceil_div(std::max(max_budget, 1), kEntriesPerTile), plan.tiles_per_split));
+    const long long budget_tiles = ceil_div(std::max(max_budget, 1), kEntriesPerTile);
+    const long long slots = static_cast<long long>(device_sm_count()) * score_blocks_per_sm<T, NA, 3>(D);
+    const int splits = score_splits(static_cast<long long>(S) * plan.groups, budget_tiles, slots);
+    sp.tiles_per_split = static_cast<int>(ceil_div(budget_tiles, splits));
+    sp.splits = static_cast<int>(ceil_div(budget_tiles, sp.tiles_per_split));
     sp.row_max = b.row_max;
     sp.row_inv = b.row_inv;
     sp.mass_part = b.mass_part;  // free since the selection

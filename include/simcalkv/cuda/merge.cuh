@@ -97,7 +97,7 @@ __device__ __forceinline__ void add_bias(float& m, float& l, float b) {
 
 /// grid (ceil(max_len / 64), S), 256 threads: 64 survivor slots per block.
 template <class T, int D, class Layout>
-__global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layout> p) {
+__global__ void __launch_bounds__(kTileThreads, 2) merge_kernel(MergeParams<T, Layout> p) {
   using Smem = MergeSmem<T, D>;
   constexpr int LD = Smem::ld;
   constexpr int MAXM = kMergeMetaCapacity;
@@ -138,14 +138,13 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
     const int end = beg >= 0 ? end_raw : -1;
     seg_b[tid] = beg;
     seg_e[tid] = end;
-    row_k[tid] = -1;
-    if (beg >= 0) {
-      const int64_t ej = seq.entry(j);
-      row_k[tid] = ej;
-      own_w[tid] = p.mass[off + j];
-      own_b[tid] = p.kv.bias[ej];
-      own_s[tid] = scores ? p.kv.scores[ej] : 0.0f;
-    }
+    const int64_t ej = beg >= 0 ? seq.entry(j) : -1;
+    row_k[tid] = ej;
+    // The own row's mass, bias and score travel with the own rows (copies waited for later).
+    const bool has = beg >= 0;
+    cp_async4(own_w + tid, p.mass + (has ? off + j : 0), has);
+    cp_async4(own_b + tid, p.kv.bias + (has ? ej : 0), has);
+    cp_async4(own_s + tid, scores ? p.kv.scores + (has ? ej : 0) : p.kv.bias, has && scores);
     int lo = beg >= 0 ? beg : INT_MAX, hi = end;
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
@@ -166,7 +165,7 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
     cp_async16(kh + sl * LD + q * 8, p.kv.keys + (ok ? ej * p.kv.key_stride + q * 8 : 0), ok);
     cp_async16(kl + sl * LD + q * 8, p.kv.values + (ok ? ej * p.kv.value_stride + q * 8 : 0), ok);
   }
-  cp_async_commit();  // the own rows, waited for before the pieces
+  cp_async_commit();  // the own rows and their data, waited for before the pieces
 
   // The block's run of members is cut into pieces of up to PS members, one per
   // warp, eight pieces (a chunk) at a time, so that a set of thousands of members is shared by all
@@ -303,20 +302,37 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
   int carry_slot = -1;
   for (int cb = m_begin; cb < m_end; cb += MAXM) {
     const int ce = min(m_end, cb + MAXM);
+    // The members' entries now; their mass, bias and score by copies that fly while the first
+    // member rows load.
     for (int m = cb + tid; m < ce; m += blockDim.x) {
       const int e = p.members[m];
       const int64_t row = seq.entry(e);
       meta_e[m - cb] = e;
-      meta_w[m - cb] = p.mass[off + e];
-      meta_b[m - cb] = p.kv.bias[row];
-      meta_s[m - cb] = scores ? p.kv.scores[row] : 0.0f;
+      cp_async4(meta_w + (m - cb), p.mass + off + e, true);
+      cp_async4(meta_b + (m - cb), p.kv.bias + row, true);
+      cp_async4(meta_s + (m - cb), scores ? p.kv.scores + row : p.kv.bias, scores);
     }
+    cp_async_commit();
     if (lane < 2) part_slot[warp * 2 + lane] = -1;
-    cp_async_wait<1>();
-    __syncthreads();
+    __syncthreads();  // meta_e
     // Pieces as even as the chunk allows (a multiple of U members each; at most PS).
     const int ps = min(PS, static_cast<int>(ceil_div(ceil_div(ce - cb, WARPS), U)) * U);
     const int pb = min(ce, cb + warp * ps), pe = min(ce, pb + ps);
+    Lane kr[U], vr[U];
+    auto load_rows = [&](int m0) {
+      const int cnt = min(U, pe - m0);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (u < cnt) {
+          const int64_t row = seq.entry(meta_e[m0 + u - cb]);
+          vr[u] = lane_of(p.kv.values + row * p.kv.value_stride);
+          if (p.merge_keys) kr[u] = lane_of(p.kv.keys + row * p.kv.key_stride);
+        }
+      }
+    };
+    if (pb < pe) load_rows(pb);  // in flight across the wait below
+    cp_async_wait<0>();
+    __syncthreads();  // the own rows, the members' data
     if (pb < pe) {
       int cur = 0;  // the survivor whose set holds member pb
       while (!(seg_b[cur] >= 0 && seg_b[cur] <= pb && pb < seg_e[cur])) ++cur;
@@ -326,15 +342,7 @@ __global__ void __launch_bounds__(kTileThreads) merge_kernel(MergeParams<T, Layo
       if (cur_beg == pb) add_own(a, cur);
       for (int m0 = pb; m0 < pe; m0 += U) {
         const int cnt = min(U, pe - m0);
-        Lane kr[U], vr[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (u < cnt) {
-            const int64_t row = seq.entry(meta_e[m0 + u - cb]);
-            vr[u] = lane_of(p.kv.values + row * p.kv.value_stride);
-            if (p.merge_keys) kr[u] = lane_of(p.kv.keys + row * p.kv.key_stride);
-          }
-        }
+        if (m0 != pb) load_rows(m0);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           if (u >= cnt) continue;
