@@ -35,6 +35,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <mutex>
 #include <utility>
 
 // Hopper bulk copies (cp.async.bulk + mbarrier), an alternative loader for sm_90 and newer.
@@ -713,10 +714,20 @@ struct DecodeDevice {
   int blocks_per_sm = 32;
 };
 
+/// The current device's attributes, asked once per device: an engine calls decode every layer
+/// of every step, and the attribute queries would cost it microseconds of host time each.
 inline DecodeDevice decode_device() {
   DecodeDevice d;
   int device = 0;
   if (cudaGetDevice(&device) != cudaSuccess) return d;
+  constexpr int kCached = 16;
+  static std::mutex mutex;
+  static DecodeDevice cache[kCached];
+  static bool known[kCached] = {};
+  if (device >= 0 && device < kCached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (known[device]) return cache[device];
+  }
   auto get = [&](int& v, cudaDeviceAttr a) {
     int x = 0;
     if (cudaDeviceGetAttribute(&x, a, device) == cudaSuccess && x > 0) v = x;
@@ -726,7 +737,42 @@ inline DecodeDevice decode_device() {
   get(d.smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock);
   get(d.threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor);
   get(d.blocks_per_sm, cudaDevAttrMaxBlocksPerMultiprocessor);
+  if (device >= 0 && device < kCached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    cache[device] = d;
+    known[device] = true;
+  }
   return d;
+}
+
+/// Resident blocks per SM of `kernel` with `smem` bytes of dynamic shared memory on the current
+/// device, its shared-memory limit raised first; asked once per kernel and device (Tag: the
+/// kernel's instance).
+template <class Tag, class Kernel>
+cudaError_t kernel_occupancy(Kernel kernel, std::size_t smem, int threads, int* blocks) {
+  int device = 0;
+  SIMCALKV_CUDA_TRY(cudaGetDevice(&device));
+  constexpr int kCached = 16;
+  static std::mutex mutex;
+  static int cache[kCached] = {};
+  if (device >= 0 && device < kCached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (cache[device] > 0) {
+      *blocks = cache[device];
+      return cudaSuccess;
+    }
+  }
+  if (smem > 48 * 1024)
+    SIMCALKV_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int x = 0;
+  SIMCALKV_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&x, kernel, threads, smem));
+  x = std::max(1, x);
+  if (device >= 0 && device < kCached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    cache[device] = x;
+  }
+  *blocks = x;
+  return cudaSuccess;
 }
 
 /// Shared memory of the kernel for this shape: the stages, and the static part but for the
@@ -822,6 +868,10 @@ inline DecodeWork decode_carve(const DecodeShape& shape, void* base, std::size_t
   return w;
 }
 
+/// One kernel instance (its occupancy is cached per instance).
+template <class T, int D, int G, class Q, class O, class Layout, bool TensorCores>
+struct DecodeKernelTag {};
+
 template <class T, int D, int G, class Q, class O, class Layout>
 cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape,
                           const DecodeWork& work, cudaStream_t stream) {
@@ -829,12 +879,16 @@ cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io
   static_assert(MmaStream<T, D, Layout>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
   const std::size_t smem = shape.tensor_cores ? MmaStream<T, D, Layout>::bytes : FmaStream<T, D, Layout>::bytes;
   auto kernel = shape.tensor_cores ? decode_mma_kernel<T, D, G, Q, O, Layout> : decode_kernel<T, D, G, Q, O, Layout>;
-  if (smem > 48 * 1024)
-    SIMCALKV_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  // (Raises the kernel's shared-memory limit on the first call for each kernel and device.)
+  int occupancy = 0;
+  if (shape.tensor_cores)
+    SIMCALKV_CUDA_TRY((kernel_occupancy<DecodeKernelTag<T, D, G, Q, O, Layout, true>>(kernel, smem, kDecodeThreads,
+                                                                                      &occupancy)));
+  else
+    SIMCALKV_CUDA_TRY((kernel_occupancy<DecodeKernelTag<T, D, G, Q, O, Layout, false>>(kernel, smem, kDecodeThreads,
+                                                                                       &occupancy)));
   int splits = shape.splits;
   if (splits <= 0) {
-    int occupancy = 0;
-    SIMCALKV_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occupancy, kernel, kDecodeThreads, smem));
     occupancy = std::clamp(occupancy, 1, work.blocks_bound);  // within the bound the workspace was sized by
     splits = std::min(decode_choose_splits(shape, work.dev.sms, occupancy), work.max_splits);
   }

@@ -207,6 +207,9 @@ struct CompressBuffers {
   int32_t* seg_begin;
   int32_t* seg_end;
   SetStats sets;       // [total] each
+  MergePartials part;  // per merge task
+  int32_t* task_off;   // [S]: each sequence's first merge task
+  int32_t* seq_first;  // [S + 1]: where each sequence's merged candidates begin in the sorted ones
   void* sort_temp;
   unsigned* ticket;
   int* flags;          // [S * chunks]
@@ -252,6 +255,16 @@ CompressBuffers<T> carve(Carver& w, const CompressShape& shape, const CompressPl
     b.seg_begin = w.take<int32_t>(N);
     b.seg_end = w.take<int32_t>(N);
     if (plan.calibrated) b.sets = SetStats{w.take<float>(N), w.take<float>(N), w.take<float>(N)};
+    // Merge tasks: ceil(n_s / P) per sequence, at most N / P + S in all.
+    const std::size_t tasks = N / kMergeTask + S;
+    b.task_off = w.take<int32_t>(S);
+    b.seq_first = w.take<int32_t>(S + 1);
+    b.part.k = w.take<float>(2 * tasks * D);
+    b.part.v = w.take<float>(2 * tasks * D);
+    b.part.f = w.take<float4>(2 * tasks);
+    b.part.key = w.take<uint32_t>(2 * tasks);
+    b.part.spans = w.take<int32_t>(2 * tasks);
+    b.part.tail = w.take<int32_t>(tasks);
     b.sort_temp = w.take<unsigned char>(plan.sort_temp);
   }
   return b;
@@ -266,6 +279,7 @@ struct PlanKernelParams {
   int recent;
   int32_t* ws_off;
   int32_t* budgets;
+  int32_t* task_off;  // optional: each sequence's first merge task
 };
 
 __host__ __device__ inline int budget_for(const BudgetRule& rule, int n) {
@@ -281,13 +295,20 @@ __host__ __device__ inline int budget_for(const BudgetRule& rule, int n) {
 __global__ void __launch_bounds__(1024) plan_kernel(PlanKernelParams p) {
   using Scan = cub::BlockScan<int, 1024>;
   __shared__ typename Scan::TempStorage temp;
-  int base = 0;
+  int base = 0, task_base = 0;
   for (int s0 = 0; s0 < p.num_seqs; s0 += 1024) {
     const int s = s0 + static_cast<int>(threadIdx.x);
     const int n = s < p.num_seqs ? p.lengths[s] : 0;
     int offset, aggregate;
     Scan(temp).ExclusiveSum(n, offset, aggregate);
     __syncthreads();
+    if (p.task_off) {
+      int first_task, tasks;
+      Scan(temp).ExclusiveSum(merge_tasks(n), first_task, tasks);
+      __syncthreads();
+      if (s < p.num_seqs) p.task_off[s] = task_base + first_task;
+      task_base += tasks;
+    }
     if (s < p.num_seqs) {
       p.ws_off[s] = base + offset;
       const int P = min(n, p.sinks + p.recent);
@@ -345,7 +366,7 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   const unsigned budget_chunks = static_cast<unsigned>(ceil_div(std::max(max_budget, 1), 64));
 
   plan_kernel<<<1, 1024, 0, stream>>>(PlanKernelParams{kv.lengths, S, rule, explicit_budgets, sinks, recent, b.ws_off,
-                                                      b.budgets});
+                                                      b.budgets, plan.merged ? b.task_off : nullptr});
   SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("plan", stream);
 
@@ -461,18 +482,25 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     MergeParams<T, Layout> mp{};
     mp.kv = kv;
     mp.ws_off = b.ws_off;
-    mp.budgets = b.budgets;
     mp.order = b.order;
     mp.mass = b.mass;
     mp.seg_begin = b.seg_begin;
     mp.seg_end = b.seg_end;
+    mp.keys = b.keys_out;
     mp.members = b.vals_out;
+    mp.seq_first = b.seq_first;
+    mp.task_off = b.task_off;
     mp.bias = cfg.bias;
     mp.merge_keys = cfg.merge_keys;
     mp.sets = b.sets;
-    const std::size_t msmem = MergeSmem<T, D>::bytes;
-    SIMCALKV_CUDA_TRY(allow_smem(merge_kernel<T, D, Layout>, msmem));
-    merge_kernel<T, D, Layout><<<dim3(budget_chunks, S), kTileThreads, msmem, stream>>>(mp);
+    mp.part = b.part;
+    member_ranges_kernel<<<static_cast<unsigned>(ceil_div(S + 1, 256)), 256, 0, stream>>>(b.keys_out, N, b.ws_off, S,
+                                                                                          b.seq_first);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    const dim3 merge_grid(static_cast<unsigned>(ceil_div(merge_tasks(max_len), kMergeWarps)), S);
+    merge_kernel<T, D, Layout><<<merge_grid, kMergeWarps * 32, 0, stream>>>(mp);
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+    merge_combine_kernel<T, D, Layout><<<merge_grid, kMergeWarps * 32, 0, stream>>>(mp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("merge", stream);
   }

@@ -53,35 +53,40 @@ struct SetStats {
   float* max_bias;   // max_i b_i
 };
 
+inline constexpr int kMergeTask = 128;   // sorted members per warp task
+inline constexpr int kMergeWarps = 4;    // tasks per block
+inline constexpr int kMergeItems = 2 * kMergeTask;  // the members and the own rows of the sets they start
+
+/// Partial sums of the sets that cross task boundaries: per task, slot 2t for the set it
+/// continues (head) and 2t + 1 for the set it starts and leaves unfinished (tail).
+struct MergePartials {
+  float* k;         // [2 * tasks][D]
+  float* v;         // [2 * tasks][D]
+  float4* f;        // [2 * tasks]: mass, score, max bias, shifted sum of exp(bias - max)
+  uint32_t* key;    // [2 * tasks]: the set's global survivor id
+  int32_t* spans;   // [2 * tasks]: a head that covers the whole task (its set goes on)
+  int32_t* tail;    // [tasks]: whether the task left a tail
+};
+
+/// Tasks of a sequence of length n (an upper bound: it has at most n - B merged candidates).
+__host__ __device__ inline int merge_tasks(int n) { return static_cast<int>(ceil_div(n, kMergeTask)); }
+
 template <class T, class Layout>
 struct MergeParams {
   LayerKV<T, Layout> kv;
-  const int32_t* ws_off;
-  const int32_t* budgets;
-  const int32_t* order;
+  const int32_t* ws_off;     // [S + 1]
+  const int32_t* order;      // [total]: slot k of sequence s at order[ws_off[s] + k]
   const float* mass;         // [total]
   const int32_t* seg_begin;  // [total], by global survivor id
   const int32_t* seg_end;
-  const int32_t* members;    // sorted candidate entries
+  const uint32_t* keys;      // sorted global survivor ids, the sentinel past the merged candidates
+  const int32_t* members;    // the candidates' entries, in that order
+  const int32_t* seq_first;  // [S + 1]: where each sequence's merged candidates begin in them
+  const int32_t* task_off;   // [S]: the first task of each sequence (partial sums are per task)
   BiasMode bias;
   bool merge_keys;
   SetStats sets;             // written for the calibrated and bounded biases
-};
-
-inline constexpr int kMergeMetaCapacity = 1024;  // members whose data a block stages at once
-
-template <class T, int D>
-struct MergeSmem {
-  static constexpr int ld = D + 8;  // padded rows
-  static constexpr std::size_t tile_bytes = sizeof(T) * 64 * ld;
-  // The members' index, mass, bias and score, a chunk at a time.
-  static constexpr std::size_t meta_bytes = 16 * kMergeMetaCapacity;
-  // Per-slot data: 8 words and an int64 per slot.
-  static constexpr std::size_t slot_bytes = 64 * 4 * 10;
-  // Partial sums of the sets that cross pieces: two per warp.
-  static constexpr std::size_t partial_bytes = 2 * (kTileThreads / 32) * (2 * D * 4 + 4 * 4 + 2 * 4);
-  // The survivors' own keys and values, then the rest.
-  static constexpr std::size_t bytes = 2 * tile_bytes + meta_bytes + slot_bytes + partial_bytes;
+  MergePartials part;
 };
 
 /// Adds bias b to a running log-sum-exp (max m, shifted sum l), as the CPU's add_bias.
@@ -95,100 +100,23 @@ __device__ __forceinline__ void add_bias(float& m, float& l, float b) {
   }
 }
 
-/// grid (ceil(max_len / 64), S), 256 threads: 64 survivor slots per block.
-template <class T, int D, class Layout>
-__global__ void __launch_bounds__(kTileThreads, 2) merge_kernel(MergeParams<T, Layout> p) {
-  using Smem = MergeSmem<T, D>;
-  constexpr int LD = Smem::ld;
-  constexpr int MAXM = kMergeMetaCapacity;
-  constexpr int DL = D / 32;  // dimensions per lane: a warp merges one survivor at a time
-  constexpr int U = 8;        // member rows a warp has in flight
-  constexpr int CHUNKS = D * static_cast<int>(sizeof(T)) / 16;
-  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* kh = reinterpret_cast<T*>(smem_raw);  // [64][LD]: each survivor's own key
-  T* kl = kh + 64 * LD;                    // [64][LD]: and its own value
-  unsigned char* area = smem_raw + 2 * Smem::tile_bytes;  // the members' data
-  int64_t* row_k = reinterpret_cast<int64_t*>(area + Smem::meta_bytes);  // 64 int64
-  int* seg_b = reinterpret_cast<int*>(row_k + 64);
-  int* seg_e = seg_b + 64;
-  int* range = seg_e + 64;  // [4]: per-warp min begin, max end
-  float* own_w = reinterpret_cast<float*>(range + 64);
-  float* own_b = own_w + 64;
-  float* own_s = own_b + 64;
-
-  const int s = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int n = p.kv.lengths[s];
-  const int B = p.budgets[s];
-  const int k0 = blockIdx.x * 64;
-  if (k0 >= B || B >= n) return;
-  const int64_t off = p.ws_off[s];
-  const auto seq = p.kv.layout.seq(s);
-  const bool scores = p.kv.scores != nullptr;
-  const bool calibrate = p.bias == BiasMode::calibrated || p.bias == BiasMode::bounded;
-
-  // Each slot's set, own row and data; the block's survivors have their candidates in one
-  // contiguous run of the sorted members.
-  if (tid < 64) {
-    const int slot = k0 + tid;
-    // Independent loads first (seg_end is stale where seg_begin is -1, and unused there).
-    const int beg = slot < B ? p.seg_begin[off + slot] : -1;
-    const int end_raw = slot < B ? p.seg_end[off + slot] : -1;
-    const int j = slot < B ? p.order[off + slot] : 0;
-    const int end = beg >= 0 ? end_raw : -1;
-    seg_b[tid] = beg;
-    seg_e[tid] = end;
-    const int64_t ej = beg >= 0 ? seq.entry(j) : -1;
-    row_k[tid] = ej;
-    // The own row's mass, bias and score travel with the own rows (copies waited for later).
-    const bool has = beg >= 0;
-    cp_async4(own_w + tid, p.mass + (has ? off + j : 0), has);
-    cp_async4(own_b + tid, p.kv.bias + (has ? ej : 0), has);
-    cp_async4(own_s + tid, scores ? p.kv.scores + (has ? ej : 0) : p.kv.bias, has && scores);
-    int lo = beg >= 0 ? beg : INT_MAX, hi = end;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      lo = min(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-      hi = max(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-    }
-    if (lane == 0) range[warp] = lo, range[2 + warp] = hi;
-  }
-  __syncthreads();
-  const int m_begin = min(range[0], range[1]), m_end = max(range[2], range[3]);
-  if (m_end < 0) return;  // no survivor of this block received candidates
-
-  // In flight while the members' data is staged: the survivors' own keys and values.
-  for (int i = tid; i < 64 * CHUNKS; i += blockDim.x) {
-    const int sl = i / CHUNKS, q = i % CHUNKS;
-    const int64_t ej = row_k[sl];
-    const bool ok = ej >= 0;
-    cp_async16(kh + sl * LD + q * 8, p.kv.keys + (ok ? ej * p.kv.key_stride + q * 8 : 0), ok);
-    cp_async16(kl + sl * LD + q * 8, p.kv.values + (ok ? ej * p.kv.value_stride + q * 8 : 0), ok);
-  }
-  cp_async_commit();  // the own rows and their data, waited for before the pieces
-
-  // The block's run of members is cut into pieces of up to PS members, one per
-  // warp, eight pieces (a chunk) at a time, so that a set of thousands of members is shared by all
-  // warps instead of holding one. A warp walks its piece U rows at a time (their loads in flight
-  // together) and adds each row to its survivor's sums in candidate order, DL dimensions per lane;
-  // a set inside one piece is finished there, a set across pieces leaves a partial sum per piece,
-  // and warp 0 adds those in piece order (a fixed order: a merge repeats bit for bit). The chunk's
-  // members' index, mass, bias and score are staged in shared memory by the whole block.
-  constexpr int WARPS = kTileThreads / 32;
-  constexpr int PS = MAXM / WARPS;
-  int* meta_e = reinterpret_cast<int*>(area);
-  float* meta_w = reinterpret_cast<float*>(meta_e + MAXM);
-  float* meta_b = meta_w + MAXM;
-  float* meta_s = meta_b + MAXM;
-  // Partial sums: per piece, one for the set it continues (head) and one for the set it starts
-  // and leaves unfinished (tail).
-  float* part_k = reinterpret_cast<float*>(area + Smem::meta_bytes + Smem::slot_bytes);  // [2 * WARPS][D]
-  float* part_v = part_k + 2 * WARPS * D;                                      // [2 * WARPS][D]
-  float* part_f = part_v + 2 * WARPS * D;                                      // [2 * WARPS][4]
-  int* part_slot = reinterpret_cast<int*>(part_f + 2 * WARPS * 4);             // [2 * WARPS]
-  int* part_spans = part_slot + 2 * WARPS;                                     // [2 * WARPS]
+/// A warp's running sums of one set, DL = D / 32 dimensions per lane.
+template <class T, int D>
+struct SetSums {
+  static constexpr int DL = D / 32;
   using Lane = std::conditional_t<DL == 4, uint2, uint32_t>;  // a lane's DL 16-bit elements
-  auto widen = [](const Lane& raw, float* out) {
+  float k[DL], v[DL];
+  float total, score, mb, lse;  // mass, accumulated score, log-sum-exp of the biases (max, sum)
+
+  __device__ __forceinline__ void clear() {
+#pragma unroll
+    for (int d = 0; d < DL; ++d) k[d] = v[d] = 0.0f;
+    total = 0.0f, score = 0.0f, mb = kNegInf, lse = 0.0f;
+  }
+  static __device__ __forceinline__ Lane load(const T* row) {
+    return *reinterpret_cast<const Lane*>(row + (threadIdx.x & 31) * DL);
+  }
+  static __device__ __forceinline__ void widen(const Lane& raw, float* out) {
     if constexpr (DL == 4) {
       const float2 a = unpack2<T>(raw.x), b = unpack2<T>(raw.y);
       out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
@@ -196,196 +124,257 @@ __global__ void __launch_bounds__(kTileThreads, 2) merge_kernel(MergeParams<T, L
       const float2 a = unpack2<T>(raw);
       out[0] = a.x, out[1] = a.y;
     }
-  };
-  auto narrow = [](const float* in) {
-    if constexpr (DL == 4) return make_uint2(pack2<T>(in[0], in[1]), pack2<T>(in[2], in[3]));
-    else return pack2<T>(in[0], in[1]);
-  };
-  auto lane_of = [&](const T* row) { return *reinterpret_cast<const Lane*>(row + lane * DL); };
-
-  struct Sums {
-    float k[DL], v[DL];
-    float total, score, mb, lse;  // mass, accumulated score, log-sum-exp of the biases (max, sum)
-  };
-  auto clear = [](Sums& a) {
+  }
+  static __device__ __forceinline__ void store(T* row, const float* in) {
+    Lane raw;
+    if constexpr (DL == 4) raw = make_uint2(pack2<T>(in[0], in[1]), pack2<T>(in[2], in[3]));
+    else raw = pack2<T>(in[0], in[1]);
+    *reinterpret_cast<Lane*>(row + (threadIdx.x & 31) * DL) = raw;
+  }
+  /// Adds a row of weight w (its key only when keys are merged).
+  __device__ __forceinline__ void add(const Lane& kr, const Lane& vr, float w, float b, float sc, bool keys) {
+    float x[DL];
+    widen(vr, x);
 #pragma unroll
-    for (int d = 0; d < DL; ++d) a.k[d] = a.v[d] = 0.0f;
-    a.total = 0.0f, a.score = 0.0f, a.mb = kNegInf, a.lse = 0.0f;
-  };
-  auto add_row = [&](Sums& a, const Lane& kr, const Lane& vr, float w, float b, float sc) {
-    float x[DL], y[DL];
-    widen(vr, y);
-#pragma unroll
-    for (int d = 0; d < DL; ++d) a.v[d] = fmaf(w, y[d], a.v[d]);
-    if (p.merge_keys) {
+    for (int d = 0; d < DL; ++d) v[d] = fmaf(w, x[d], v[d]);
+    if (keys) {
       widen(kr, x);
 #pragma unroll
-      for (int d = 0; d < DL; ++d) a.k[d] = fmaf(w, x[d], a.k[d]);
+      for (int d = 0; d < DL; ++d) k[d] = fmaf(w, x[d], k[d]);
     }
-    a.total += w;
-    add_bias(a.mb, a.lse, b);
-    a.score += sc;
-  };
-  // The survivor's own row begins its set (staged in kh / kl; its key kept as is when keys are
-  // not merged).
-  auto add_own = [&](Sums& a, int sl) {
-    const Lane kr = lane_of(kh + sl * LD), vr = lane_of(kl + sl * LD);
-    add_row(a, kr, vr, own_w[sl], own_b[sl], own_s[sl]);
-    if (!p.merge_keys) widen(kr, a.k);
-  };
-  auto store_partial = [&](int idx, int sl, const Sums& a, bool spans) {
-#pragma unroll
-    for (int d = 0; d < DL; ++d) part_k[idx * D + lane * DL + d] = a.k[d], part_v[idx * D + lane * DL + d] = a.v[d];
-    if (lane == 0) {
-      part_f[idx * 4] = a.total, part_f[idx * 4 + 1] = a.score, part_f[idx * 4 + 2] = a.mb, part_f[idx * 4 + 3] = a.lse;
-      part_slot[idx] = sl;
-      part_spans[idx] = spans;
-    }
-  };
-  auto add_partial = [&](Sums& a, int idx) {
-    // (Kept keys: only a set's first partial holds a key, its own; the others hold zeros.)
-#pragma unroll
-    for (int d = 0; d < DL; ++d) {
-      a.k[d] += part_k[idx * D + lane * DL + d];
-      a.v[d] += part_v[idx * D + lane * DL + d];
-    }
-    a.total += part_f[idx * 4];
-    a.score += part_f[idx * 4 + 1];
-    lse_combine(a.mb, a.lse, part_f[idx * 4 + 2], part_f[idx * 4 + 3]);
-  };
-  // Writes survivor sl's merged row from its complete sums.
-  auto finish = [&](int sl, Sums& a) {
-    const int64_t ej = row_k[sl];
-    const bool uniform = !(a.total > 1e-30f);
-    if (uniform) {  // the set's mass underflowed: plain average (rare; from global memory)
-      widen(lane_of(p.kv.keys + ej * p.kv.key_stride), a.k);
-      widen(lane_of(p.kv.values + ej * p.kv.value_stride), a.v);
-      a.total = 1.0f;
-      for (int m = seg_b[sl]; m < seg_e[sl]; ++m) {
-        const int64_t row = seq.entry(p.members[m]);
-        float x[DL], y[DL];
-        widen(lane_of(p.kv.values + row * p.kv.value_stride), y);
-        widen(lane_of(p.kv.keys + row * p.kv.key_stride), x);
-#pragma unroll
-        for (int d = 0; d < DL; ++d) {
-          a.v[d] += y[d];
-          if (p.merge_keys) a.k[d] += x[d];
-        }
-        a.total += 1.0f;
-      }
-    }
-    const float inv = 1.0f / a.total;
-#pragma unroll
-    for (int d = 0; d < DL; ++d) {
-      if (p.merge_keys) a.k[d] *= inv;
-      a.v[d] *= inv;
-    }
-    // The rows in storage (the survivor's own).
-    if (p.merge_keys) *reinterpret_cast<Lane*>(p.kv.keys + ej * p.kv.key_stride + lane * DL) = narrow(a.k);
-    *reinterpret_cast<Lane*>(p.kv.values + ej * p.kv.value_stride + lane * DL) = narrow(a.v);
-    if (lane == 0) {
-      const float lc = a.mb + logf(a.lse);
-      if (calibrate) {
-        const int64_t g = off + k0 + sl;
-        p.sets.max_bias[g] = a.mb;
-        p.sets.log_count[g] = lc;
-        p.sets.log_mass[g] = uniform ? kNegInf : logf(a.total);
-      }
-      if (p.bias == BiasMode::log_count) p.kv.bias[ej] = lc;
-      if (p.bias == BiasMode::none) p.kv.bias[ej] = 0.0f;
-      if (scores) p.kv.scores[ej] = a.score;
-    }
-  };
-
-  Sums carry;  // warp 0: the set that runs across pieces, and its sum so far
-  clear(carry);
-  int carry_slot = -1;
-  for (int cb = m_begin; cb < m_end; cb += MAXM) {
-    const int ce = min(m_end, cb + MAXM);
-    // The members' entries now; their mass, bias and score by copies that fly while the first
-    // member rows load.
-    for (int m = cb + tid; m < ce; m += blockDim.x) {
-      const int e = p.members[m];
-      const int64_t row = seq.entry(e);
-      meta_e[m - cb] = e;
-      cp_async4(meta_w + (m - cb), p.mass + off + e, true);
-      cp_async4(meta_b + (m - cb), p.kv.bias + row, true);
-      cp_async4(meta_s + (m - cb), scores ? p.kv.scores + row : p.kv.bias, scores);
-    }
-    cp_async_commit();
-    if (lane < 2) part_slot[warp * 2 + lane] = -1;
-    __syncthreads();  // meta_e
-    // Pieces as even as the chunk allows (a multiple of U members each; at most PS).
-    const int ps = min(PS, static_cast<int>(ceil_div(ceil_div(ce - cb, WARPS), U)) * U);
-    const int pb = min(ce, cb + warp * ps), pe = min(ce, pb + ps);
-    Lane kr[U], vr[U];
-    auto load_rows = [&](int m0) {
-      const int cnt = min(U, pe - m0);
-#pragma unroll
-      for (int u = 0; u < U; ++u) {
-        if (u < cnt) {
-          const int64_t row = seq.entry(meta_e[m0 + u - cb]);
-          vr[u] = lane_of(p.kv.values + row * p.kv.value_stride);
-          if (p.merge_keys) kr[u] = lane_of(p.kv.keys + row * p.kv.key_stride);
-        }
-      }
-    };
-    if (pb < pe) load_rows(pb);  // in flight across the wait below
-    cp_async_wait<0>();
-    __syncthreads();  // the own rows, the members' data
-    if (pb < pe) {
-      int cur = 0;  // the survivor whose set holds member pb
-      while (!(seg_b[cur] >= 0 && seg_b[cur] <= pb && pb < seg_e[cur])) ++cur;
-      int cur_beg = seg_b[cur], cur_end = seg_e[cur];
-      Sums a;
-      clear(a);
-      if (cur_beg == pb) add_own(a, cur);
-      for (int m0 = pb; m0 < pe; m0 += U) {
-        const int cnt = min(U, pe - m0);
-        if (m0 != pb) load_rows(m0);
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (u >= cnt) continue;
-          const int m = m0 + u;
-          if (m == cur_end) {  // the next survivor's set starts here
-            do {
-              ++cur;
-            } while (seg_b[cur] != m);
-            cur_beg = m, cur_end = seg_e[cur];
-            clear(a);
-            add_own(a, cur);
-          }
-          add_row(a, kr[u], vr[u], meta_w[m - cb], meta_b[m - cb], meta_s[m - cb]);
-          if (m + 1 == cur_end) {
-            if (cur_beg >= pb) finish(cur, a);                 // the whole set is in this piece
-            else store_partial(warp * 2, cur, a, false);       // it began in an earlier piece
-          }
-        }
-      }
-      if (cur_end > pe) {  // the last set goes on past this piece
-        if (cur_beg >= pb) store_partial(warp * 2 + 1, cur, a, false);
-        else store_partial(warp * 2, cur, a, true);
-      }
-    }
-    __syncthreads();
-    if (warp == 0) {
-      for (int k = 0; k < WARPS; ++k) {
-        if (part_slot[2 * k] >= 0) {  // continues the carried set
-          add_partial(carry, 2 * k);
-          if (!part_spans[2 * k]) {
-            finish(carry_slot, carry);
-            carry_slot = -1;
-          }
-        }
-        if (part_slot[2 * k + 1] >= 0) {  // starts a set that goes on
-          carry_slot = part_slot[2 * k + 1];
-          clear(carry);
-          add_partial(carry, 2 * k + 1);
-        }
-      }
-    }
-    __syncthreads();  // the next chunk, or phase B, reuses the staged data and the partial sums
+    total += w;
+    add_bias(mb, lse, b);
+    score += sc;
   }
+  __device__ __forceinline__ void save(const MergePartials& part, int64_t idx, uint32_t key, bool spans) const {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int d = 0; d < DL; ++d) {
+      part.k[idx * D + lane * DL + d] = k[d];
+      part.v[idx * D + lane * DL + d] = v[d];
+    }
+    if (lane == 0) {
+      part.f[idx] = make_float4(total, score, mb, lse);
+      part.key[idx] = key;
+      part.spans[idx] = spans;
+    }
+  }
+  __device__ __forceinline__ void add_saved(const MergePartials& part, int64_t idx) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int d = 0; d < DL; ++d) {
+      k[d] += part.k[idx * D + lane * DL + d];
+      v[d] += part.v[idx * D + lane * DL + d];
+    }
+    const float4 f = part.f[idx];
+    total += f.x;
+    score += f.y;
+    lse_combine(mb, lse, f.z, f.w);
+  }
+};
+
+/// Writes survivor g's merged row (own row own_row) from its complete sums; lane 0 writes the
+/// set's data for the calibration, or the bias of the other modes, and the accumulated score.
+template <class T, int D, class Layout>
+__device__ void finish_set(const MergeParams<T, Layout>& p, int s, uint32_t g, int64_t own_row, SetSums<T, D>& a) {
+  using Sums = SetSums<T, D>;
+  constexpr int DL = Sums::DL;
+  const int lane = threadIdx.x & 31;
+  const bool uniform = !(a.total > 1e-30f);
+  if (uniform) {  // the set's mass underflowed: plain average (rare; from global memory)
+    const auto seq = p.kv.layout.seq(s);
+    Sums::widen(Sums::load(p.kv.keys + own_row * p.kv.key_stride), a.k);
+    Sums::widen(Sums::load(p.kv.values + own_row * p.kv.value_stride), a.v);
+    a.total = 1.0f;
+    for (int m = p.seg_begin[g]; m < p.seg_end[g]; ++m) {
+      const int64_t row = seq.entry(p.members[m]);
+      float x[DL], y[DL];
+      Sums::widen(Sums::load(p.kv.values + row * p.kv.value_stride), y);
+      Sums::widen(Sums::load(p.kv.keys + row * p.kv.key_stride), x);
+#pragma unroll
+      for (int d = 0; d < DL; ++d) {
+        a.v[d] += y[d];
+        a.k[d] += x[d];
+      }
+      a.total += 1.0f;
+    }
+  }
+  const float inv = 1.0f / a.total;
+#pragma unroll
+  for (int d = 0; d < DL; ++d) a.k[d] *= inv, a.v[d] *= inv;
+  if (p.merge_keys) Sums::store(p.kv.keys + own_row * p.kv.key_stride, a.k);
+  Sums::store(p.kv.values + own_row * p.kv.value_stride, a.v);
+  if (lane == 0) {
+    const float lc = a.mb + logf(a.lse);
+    if (p.bias == BiasMode::calibrated || p.bias == BiasMode::bounded) {
+      p.sets.max_bias[g] = a.mb;
+      p.sets.log_count[g] = lc;
+      p.sets.log_mass[g] = uniform ? kNegInf : logf(a.total);
+    }
+    if (p.bias == BiasMode::log_count) p.kv.bias[own_row] = lc;
+    if (p.bias == BiasMode::none) p.kv.bias[own_row] = 0.0f;
+    if (p.kv.scores) p.kv.scores[own_row] = a.score;
+  }
+}
+
+/// grid (ceil(tasks per sequence / 4), S), 4 warps per block: task k of sequence s merges its
+/// sorted candidates [k P, k P + P) (P = 128), one task per warp. Every warp runs on its own (no
+/// block barrier), and all tasks are the same size however the candidates pile onto survivors.
+/// Tasks are cut per sequence, so a sequence's result does not depend on the others (a shard
+/// gives what the whole layer gives). A task lists its items in shared memory: each set that starts
+/// in it contributes its survivor's own row first, then its members in candidate order (the CPU's
+/// order). It loads the items' rows U at a time (their loads in flight together) and adds them, DL
+/// dimensions per lane. A set inside the task is finished there; a set that crosses a task
+/// boundary leaves partial sums, added in task order by merge_combine_kernel (a fixed order: a
+/// merge repeats bit for bit).
+template <class T, int D, class Layout>
+__global__ void __launch_bounds__(kMergeWarps * 32) merge_kernel(MergeParams<T, Layout> p) {
+  using Sums = SetSums<T, D>;
+  using Lane = typename Sums::Lane;
+  constexpr int P = kMergeTask, Q = P / 32, U = 8;
+  static_assert(D == 64 || D == 128, "head_dim 64 or 128");
+  __shared__ int64_t item_row[kMergeWarps][kMergeItems];
+  __shared__ float item_w[kMergeWarps][kMergeItems];
+  __shared__ float item_b[kMergeWarps][kMergeItems];
+  __shared__ float item_s[kMergeWarps][kMergeItems];
+  __shared__ uint32_t item_key[kMergeWarps][kMergeItems];
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int s = blockIdx.y;
+  const int k = blockIdx.x * kMergeWarps + warp;
+  const int64_t seq_begin = p.seq_first[s], seq_end = p.seq_first[s + 1];
+  const int64_t a0 = seq_begin + static_cast<int64_t>(k) * P;
+  if (a0 >= seq_end) return;
+  const int64_t b0 = min(seq_end, a0 + P);
+  const int64_t t = p.task_off[s] + k;
+  const int64_t off = p.ws_off[s];
+  const auto seq = p.kv.layout.seq(s);
+  const bool scores = p.kv.scores != nullptr;
+  constexpr uint32_t none = 0xffffffffu;  // no set (survivor ids stay below the sort's sentinel)
+
+  uint32_t key[Q];
+  int entry[Q];
+#pragma unroll
+  for (int q = 0; q < Q; ++q) {
+    const int64_t i = a0 + q * 32 + lane;
+    key[q] = i < b0 ? p.keys[i] : none;
+    entry[q] = i < b0 ? p.members[i] : 0;
+  }
+  const uint32_t before = a0 > seq_begin ? p.keys[a0 - 1] : none;  // the first set began earlier if equal
+  const uint32_t after = b0 < seq_end ? p.keys[b0] : none;        // the last set goes on if equal
+  const uint32_t first = __shfl_sync(0xffffffffu, key[0], 0);
+
+  // Each member's row and data; the own row and data of each set that starts here; the items'
+  // places (a member's place counts the set starts up to it).
+  int placed = 0;  // set starts so far
+#pragma unroll
+  for (int q = 0; q < Q; ++q) {
+    const bool valid = key[q] != none;
+    uint32_t prev = __shfl_up_sync(0xffffffffu, key[q], 1);
+    const uint32_t last_of_previous = __shfl_sync(0xffffffffu, q > 0 ? key[q > 0 ? q - 1 : 0] : before, 31);
+    if (lane == 0) prev = last_of_previous;
+    const bool starts = valid && prev != key[q];
+    const unsigned start_mask = __ballot_sync(0xffffffffu, starts);
+    const int place = placed + q * 32 + lane + __popc(start_mask & ((2u << lane) - 1u));
+    if (valid) {
+      const int64_t row = seq.entry(entry[q]);
+      item_row[warp][place] = row;
+      item_w[warp][place] = p.mass[off + entry[q]];
+      item_b[warp][place] = p.kv.bias[row];
+      item_s[warp][place] = scores ? p.kv.scores[row] : 0.0f;
+      item_key[warp][place] = key[q];
+      if (starts) {
+        const int j = p.order[key[q]];
+        const int64_t own = seq.entry(j);
+        item_row[warp][place - 1] = own;
+        item_w[warp][place - 1] = p.mass[off + j];
+        item_b[warp][place - 1] = p.kv.bias[own];
+        item_s[warp][place - 1] = scores ? p.kv.scores[own] : 0.0f;
+        item_key[warp][place - 1] = key[q];
+      }
+    }
+    placed += __popc(start_mask);
+  }
+  const int items = placed + static_cast<int>(b0 - a0);
+  __syncwarp();
+
+  Sums acc;
+  acc.clear();
+  uint32_t cur = before == first ? first : none;  // the set being summed
+  bool cur_head = cur != none;                    // it began in an earlier task
+  int64_t cur_row = -1;                           // its own row (sets that start here)
+  for (int i0 = 0; i0 < items; i0 += U) {
+    Lane kr[U], vr[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (i0 + u < items) {
+        const int64_t row = item_row[warp][i0 + u];
+        vr[u] = Sums::load(p.kv.values + row * p.kv.value_stride);
+        if (p.merge_keys) kr[u] = Sums::load(p.kv.keys + row * p.kv.key_stride);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = i0 + u;
+      if (i >= items) break;
+      const uint32_t g = item_key[warp][i];
+      if (g != cur) {  // a set starts here, with its own row
+        if (cur != none) {
+          if (cur_head) acc.save(p.part, 2 * t, cur, false);
+          else finish_set<T, D>(p, s, cur, cur_row, acc);
+        }
+        cur = g, cur_head = false, cur_row = item_row[warp][i];
+        acc.clear();
+      }
+      acc.add(kr[u], vr[u], item_w[warp][i], item_b[warp][i], item_s[warp][i], p.merge_keys);
+    }
+  }
+  int tail = 0;
+  if (after == cur) {  // the last set goes on past this task
+    if (cur_head) acc.save(p.part, 2 * t, cur, true);
+    else acc.save(p.part, 2 * t + 1, cur, false), tail = 1;
+  } else if (cur_head) {
+    acc.save(p.part, 2 * t, cur, false);
+  } else {
+    finish_set<T, D>(p, s, cur, cur_row, acc);
+  }
+  if (lane == 0) p.part.tail[t] = tail;
+}
+
+/// Same grid as merge_kernel: task k of sequence s finishes the set it left unfinished (tail),
+/// adding the heads of the following tasks in order.
+template <class T, int D, class Layout>
+__global__ void __launch_bounds__(kMergeWarps * 32) merge_combine_kernel(MergeParams<T, Layout> p) {
+  const int s = blockIdx.y;
+  const int k = blockIdx.x * kMergeWarps + (threadIdx.x >> 5);
+  if (p.seq_first[s] + static_cast<int64_t>(k) * kMergeTask >= p.seq_first[s + 1]) return;
+  const int64_t t = p.task_off[s] + k;
+  if (!p.part.tail[t]) return;
+  SetSums<T, D> acc;
+  acc.clear();
+  acc.add_saved(p.part, 2 * t + 1);
+  const uint32_t g = p.part.key[2 * t + 1];
+  for (int64_t u = t + 1;; ++u) {
+    acc.add_saved(p.part, 2 * u);
+    if (!p.part.spans[2 * u]) break;
+  }
+  finish_set<T, D>(p, s, g, p.kv.layout.seq(s).entry(p.order[g]), acc);
+}
+
+/// seq_first[s] = the first position of the sorted survivor ids at or past ws_off[s] (s <= S):
+/// where sequence s's merged candidates begin. One thread per sequence, a binary search each.
+__global__ void member_ranges_kernel(const uint32_t* sorted, int64_t count, const int32_t* ws_off, int num_seqs,
+                                     int32_t* seq_first) {
+  const int s = blockIdx.x * blockDim.x + threadIdx.x;
+  if (s > num_seqs) return;
+  const uint32_t g = static_cast<uint32_t>(ws_off[s]);
+  int64_t lo = 0, hi = count;
+  while (lo < hi) {
+    const int64_t mid = (lo + hi) >> 1;
+    if (sorted[mid] < g) lo = mid + 1;
+    else hi = mid;
+  }
+  seq_first[s] = static_cast<int32_t>(lo);
 }
 
 struct CalibrateParams {
