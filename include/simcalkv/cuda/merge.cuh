@@ -1,8 +1,10 @@
 // simcalkv CUDA: mass-weighted merging and the merged entry's bias (kernels/merge.hpp on the GPU).
 //
 // After the assignment, a radix sort by survivor lists each survivor's set in candidate order;
-// segments_kernel records where each set starts and ends. merge_kernel then rewrites every
-// survivor that received candidates, in place, in its own (pre-compaction) row:
+// segments_kernel records where each set starts and ends, member_ranges_kernel where each
+// sequence's candidates start. merge_kernel (one warp task per 128 sorted candidates of a
+// sequence) then rewrites every survivor that received candidates, in place, in its own
+// (pre-compaction) row:
 //
 //     k' = sum_i w_i k_i / sum_i w_i,  v' likewise  (w_i: mass under the window, bias included),
 //
@@ -16,14 +18,14 @@
 // pass 2 sums every entry's, and calibrate_bias_kernel turns them into biases from the set data
 // the merge left per slot (log sum w_i, max_i b_i, log_count).
 //
-// Sums run in candidate order, as on the CPU, so a merge repeats bit for bit.
+// Sums run in candidate order, as on the CPU (a set that crosses tasks is summed per task, and the
+// parts are added in task order), so a merge repeats bit for bit.
 #pragma once
 
 #include "simcalkv/cuda/common.cuh"
 #include "simcalkv/cuda/layout.cuh"
-#include "simcalkv/cuda/mma_tile.cuh"
 
-#include <climits>
+#include <type_traits>
 
 namespace simcalkv::cuda::detail {
 
