@@ -171,7 +171,7 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
     const int buf = (t - t_begin) % ST;
     const int j0 = t * kEntriesPerTile;
     const int valid = min(kEntriesPerTile, n - j0);
-    load_rows_async<T, D>(kt + buf * kEntriesPerTile * LD, LD, kEntriesPerTile, valid,
+    load_rows_async<T, D, kEntriesPerTile, kScoreThreads>(kt + buf * kEntriesPerTile * LD, LD, valid,
                           [&](int rr) { return p.kv.keys + seq.entry(j0 + rr) * p.kv.key_stride; }, p.kv.keys);
     const int e = tid & (kEntriesPerTile - 1);
     const bool ok = e < valid;
