@@ -46,20 +46,8 @@ def batched_ms(fn, reps=10, inner=10, warmup=2):
 
 
 def median_ms(fn, reps=10, warmup=2):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a = torch.cuda.Event(enable_timing=True)
-        b = torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    times.sort()
-    return times[len(times) // 2]
+    """Median over reps of one call's time."""
+    return batched_ms(fn, reps=reps, inner=1, warmup=warmup)
 
 
 def matmul_rate():

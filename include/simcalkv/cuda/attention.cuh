@@ -756,36 +756,6 @@ inline DecodeDevice decode_device() {
   return d;
 }
 
-/// Resident blocks per SM of `kernel` with `smem` bytes of dynamic shared memory on the current
-/// device, its shared-memory limit raised first; asked once per kernel and device (Tag: the
-/// kernel's instance).
-template <class Tag, class Kernel>
-cudaError_t kernel_occupancy(Kernel kernel, std::size_t smem, int threads, int* blocks) {
-  int device = 0;
-  SIMCALKV_CUDA_TRY(cudaGetDevice(&device));
-  constexpr int kCached = 16;
-  static std::mutex mutex;
-  static int cache[kCached] = {};
-  if (device >= 0 && device < kCached) {
-    std::lock_guard<std::mutex> lock(mutex);
-    if (cache[device] > 0) {
-      *blocks = cache[device];
-      return cudaSuccess;
-    }
-  }
-  if (smem > 48 * 1024)
-    SIMCALKV_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-  int x = 0;
-  SIMCALKV_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&x, kernel, threads, smem));
-  x = std::max(1, x);
-  if (device >= 0 && device < kCached) {
-    std::lock_guard<std::mutex> lock(mutex);
-    cache[device] = x;
-  }
-  *blocks = x;
-  return cudaSuccess;
-}
-
 /// Shared memory of the kernel for this shape: the stages, and the static part but for the
 /// small reduction arrays (the same for both 16-bit storage types and both layouts).
 template <int D>

@@ -11,8 +11,10 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <type_traits>
 
 namespace simcalkv::cuda {
@@ -232,6 +234,36 @@ __device__ __forceinline__ int load_acquire(const int* p) {
 }
 __device__ __forceinline__ void store_release(int* p, int v) {
   asm volatile("st.release.gpu.global.b32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+/// Resident blocks per SM of `kernel` with `smem` bytes of dynamic shared memory on the current
+/// device, its shared-memory limit raised first; asked once per kernel and device (Tag: the
+/// kernel's instance).
+template <class Tag, class Kernel>
+cudaError_t kernel_occupancy(Kernel kernel, std::size_t smem, int threads, int* blocks) {
+  int device = 0;
+  SIMCALKV_CUDA_TRY(cudaGetDevice(&device));
+  constexpr int kCached = 16;
+  static std::mutex mutex;
+  static int cache[kCached] = {};
+  if (device >= 0 && device < kCached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (cache[device] > 0) {
+      *blocks = cache[device];
+      return cudaSuccess;
+    }
+  }
+  if (smem > 48 * 1024)
+    SIMCALKV_CUDA_TRY(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int x = 0;
+  SIMCALKV_CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&x, kernel, threads, smem));
+  x = std::max(1, x);
+  if (device >= 0 && device < kCached) {
+    std::lock_guard<std::mutex> lock(mutex);
+    cache[device] = x;
+  }
+  *blocks = x;
+  return cudaSuccess;
 }
 
 /// Carves aligned sub-buffers out of one caller-owned workspace (or, with base == nullptr,

@@ -31,7 +31,6 @@
 #include <cub/device/device_radix_sort.cuh>
 
 #include <algorithm>
-#include <atomic>
 #include <climits>
 #include <cmath>
 
@@ -87,23 +86,18 @@ cudaError_t allow_smem(Kernel kernel, std::size_t bytes) {
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
 }
 
+/// One score kernel instance (its occupancy is cached per instance).
+template <class T, int D, int NA, int PASS>
+struct ScoreKernelTag {};
+
 /// Blocks of score_kernel<PASS> resident per SM on the current device (registers and shared
-/// memory decide it), asked once per device.
+/// memory decide it), asked once per device; 1 if the query fails.
 template <class T, int D, int NA, int PASS>
 int score_blocks_per_sm() {
-  static std::atomic<int> cached[16] = {};
-  int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0) device = 0;
-  std::atomic<int>& slot = cached[device % 16];
-  int blocks = slot.load(std::memory_order_relaxed);
-  if (blocks > 0) return blocks;
-  auto kernel = score_kernel<T, D, NA, PASS, RaggedLayout>;
-  const std::size_t smem = ScoreSmem<T, D>::bytes;
-  if (allow_smem(kernel, smem) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kScoreThreads, smem) != cudaSuccess)
+  int blocks = 1;
+  if (kernel_occupancy<ScoreKernelTag<T, D, NA, PASS>>(score_kernel<T, D, NA, PASS, RaggedLayout>,
+                                                       ScoreSmem<T, D>::bytes, kScoreThreads, &blocks) != cudaSuccess)
     blocks = 1;
-  blocks = std::max(1, blocks);
-  slot.store(blocks, std::memory_order_relaxed);
   return blocks;
 }
 
@@ -370,20 +364,23 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("plan", stream);
 
+  // What every score pass reads: the layer and the window rows.
+  ScoreParams<T, Layout> window_score_params{};
+  window_score_params.kv = kv;
+  window_score_params.ws_off = b.ws_off;
+  window_score_params.q_hi = b.q_hi;
+  window_score_params.q_lo = b.q_lo;
+  window_score_params.row_pos = b.row_pos;
+  window_score_params.rows = plan.rows;
+  window_score_params.rows_padded = plan.rows_padded;
+  window_score_params.scale = 1.0f / std::sqrt(static_cast<float>(D));
+
   if (plan.scored) {
     PrepParams<T, Q> pp{window, shape.num_kv_heads, S, plan.rows, plan.rows_padded, b.q_hi, b.q_lo, b.row_pos};
     window_prep_kernel<T, Q, D><<<dim3(S, plan.rows_padded / 8), 256, 0, stream>>>(pp);
     SIMCALKV_CUDA_TRY(cudaGetLastError());
   if (StageHook* h = stage_hook()) h->mark("window prep", stream);
-    ScoreParams<T, Layout> sp{};
-    sp.kv = kv;
-    sp.ws_off = b.ws_off;
-    sp.q_hi = b.q_hi;
-    sp.q_lo = b.q_lo;
-    sp.row_pos = b.row_pos;
-    sp.rows = plan.rows;
-    sp.rows_padded = plan.rows_padded;
-    sp.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    ScoreParams<T, Layout> sp = window_score_params;
     sp.splits = plan.splits;
     sp.tiles_per_split = plan.tiles_per_split;
     sp.stats = b.stats;
@@ -517,15 +514,7 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   if (plan.calibrated) {
     // The merged keys' masses under the window, now that slot k sits in row k (before
     // finish_kernel: pass 3 tells compressed sequences by budgets[s] < lengths[s]).
-    ScoreParams<T, Layout> sp{};
-    sp.kv = kv;
-    sp.ws_off = b.ws_off;
-    sp.q_hi = b.q_hi;
-    sp.q_lo = b.q_lo;
-    sp.row_pos = b.row_pos;
-    sp.rows = plan.rows;
-    sp.rows_padded = plan.rows_padded;
-    sp.scale = 1.0f / std::sqrt(static_cast<float>(D));
+    ScoreParams<T, Layout> sp = window_score_params;
     const long long budget_tiles = ceil_div(std::max(max_budget, 1), kEntriesPerTile);
     const long long slots = static_cast<long long>(device_sm_count()) * score_blocks_per_sm<T, NA, 3>(D);
     const int splits = score_splits(static_cast<long long>(S) * plan.groups, budget_tiles, slots);
