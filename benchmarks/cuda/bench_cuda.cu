@@ -398,6 +398,53 @@ void bench_compress(ModelCache& m, const std::string& name, const sc::PolicyConf
 // ---------------------------------------------------------------------------------------------
 // Decode attention
 
+/// Diagnostic: the decode kernel's copies alone (the same KvStream, grid and split of a sequence,
+/// no arithmetic), to tell a read-bound kernel from a compute-bound one.
+template <class Layout, int kTile = sc::detail::kMmaTile, int kStages = sc::detail::kMmaStages,
+          int kThreads = sc::detail::kDecodeThreads>
+__global__ void __launch_bounds__(kThreads) stream_only_kernel(sc::LayerKV<sc::bf16, Layout> kv, int splits, int* sink) {
+  using Stream = sc::detail::KvStream<sc::bf16, 128, kTile, 136, kStages, kThreads, Layout>;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  __shared__ typename Stream::Shared sh;
+  const int x = blockIdx.x, s = blockIdx.y;
+  const int n = kv.lengths[s];
+  const int per = ((n + splits - 1) / splits + kTile - 1) / kTile * kTile;
+  const int begin = min(n, x * per), end = min(n, begin + per);
+  Stream st(kv, s, begin, end, smem_raw, sh);
+  st.start();
+  for (int t = 0; t < st.tiles; ++t) {
+    st.advance(t);
+    const auto ahead = st.fetch(t + kStages);
+    st.prepare(t + kStages, ahead);
+  }
+  st.finish();
+  __syncthreads();
+  if (threadIdx.x == 0 && smem_raw[0] == 0x7b && smem_raw[1] == 0x2d) *sink = 1;
+}
+
+/// Diagnostic: the GPU's read rate for these bytes, by plain 16-byte loads (four in flight per
+/// thread and array), as a ceiling for a kernel that reads K, V and the bias once.
+__global__ void read_ceiling_kernel(const uint4* a, const uint4* b, int64_t n16, const float* bias, int64_t nb,
+                                    unsigned* sink) {
+  unsigned acc = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t i = first;
+  for (; i + 3 * stride < n16; i += 4 * stride) {
+    uint4 x[4], y[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) x[u] = __ldcs(a + i + u * stride), y[u] = __ldcs(b + i + u * stride);
+#pragma unroll
+    for (int u = 0; u < 4; ++u) acc ^= x[u].x ^ x[u].y ^ x[u].z ^ x[u].w ^ y[u].x ^ y[u].y ^ y[u].z ^ y[u].w;
+  }
+  for (; i < n16; i += stride) {
+    const uint4 x = __ldcs(a + i), y = __ldcs(b + i);
+    acc ^= x.x ^ x.y ^ x.z ^ x.w ^ y.x ^ y.y ^ y.z ^ y.w;
+  }
+  for (int64_t j = first; j < nb; j += stride) acc ^= __float_as_uint(__ldcs(bias + j));
+  if (acc == 0x9e3779b9u) *sink = acc;
+}
+
 struct DecodeData {
   int S = 0, H = 8, G = 4, d = 128, n = 0, requests = 0;
   sc::bf16 *k = nullptr, *v = nullptr, *q = nullptr, *out = nullptr;
@@ -487,7 +534,105 @@ struct DecodeData {
     return median(ms);
   }
   [[nodiscard]] double bytes() const { return static_cast<double>(S) * n * (2.0 * d * 2 + 4); }
+
+  /// Mean time of ten back-to-back launches (median over `reps`), like time_ms.
+  template <class Launch>
+  static double time_launches(int reps, Launch launch) {
+    for (int i = 0; i < 3; ++i) launch();
+    CHECK_CUDA(cudaGetLastError());
+    Timer t;
+    std::vector<double> ms;
+    for (int i = 0; i < reps; ++i) {
+      t.start();
+      for (int j = 0; j < 10; ++j) launch();
+      ms.push_back(t.stop_ms() / 10);
+    }
+    CHECK_CUDA(cudaGetLastError());
+    return median(ms);
+  }
+  /// The decode kernel's copies alone, with the splits decode_attention picks.
+  template <class Layout>
+  double stream_only_ms(const Layout& layout, int reps) {
+    const sc::DecodeShape shape{S, H, d, G, n};
+    const int splits = sc::detail::decode_splits(shape);
+    constexpr std::size_t smem = sc::detail::MmaStream<sc::bf16, 128, Layout>::bytes;
+    CHECK_CUDA(cudaFuncSetAttribute(stream_only_kernel<Layout>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    static_cast<int>(smem)));
+    int* sink = dalloc<int>(1);
+    const auto l = kv(layout);
+    const double ms = time_launches(reps, [&] {
+      stream_only_kernel<Layout><<<dim3(splits, S), sc::detail::kDecodeThreads, smem>>>(l, splits, sink);
+    });
+    CHECK_CUDA(cudaFree(sink));
+    return ms;
+  }
+  /// The same for other tile sizes, stage counts and block sizes (splits for their occupancy).
+  template <int kTile, int kStages, int kThreads>
+  double stream_variant_ms(int reps, int* splits_out) {
+    using Stream = sc::detail::KvStream<sc::bf16, 128, kTile, 136, kStages, kThreads, sc::RaggedLayout>;
+    constexpr std::size_t smem = Stream::bytes;
+    auto kernel = stream_only_kernel<sc::RaggedLayout, kTile, kStages, kThreads>;
+    CHECK_CUDA(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    int occ = 0, sms = 0;
+    CHECK_CUDA(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, kernel, kThreads, smem));
+    CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    sc::DecodeShape shape{S, H, d, G, n};
+    const int splits = sc::detail::decode_choose_splits(shape, sms, occ);
+    *splits_out = splits * 1000 + occ;
+    int* sink = dalloc<int>(1);
+    const auto l = kv(sc::RaggedLayout{offsets});
+    const double ms = time_launches(reps, [&] { kernel<<<dim3(splits, S), kThreads, smem>>>(l, splits, sink); });
+    CHECK_CUDA(cudaFree(sink));
+    return ms;
+  }
+  double read_ceiling_ms(int reps) {
+    int sms = 0;
+    CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    unsigned* sink = dalloc<unsigned>(1);
+    const int64_t rows = static_cast<int64_t>(S) * n;
+    const int64_t n16 = rows * d * 2 / 16;
+    const double ms = time_launches(reps, [&] {
+      read_ceiling_kernel<<<sms * 8, 256>>>(reinterpret_cast<const uint4*>(k), reinterpret_cast<const uint4*>(v), n16,
+                                            bias, rows, sink);
+    });
+    CHECK_CUDA(cudaFree(sink));
+    return ms;
+  }
 };
+
+/// Diagnostic sweep: the decode kernel's copies alone for other tiles, stages and block sizes.
+void bench_stream_variants(double copy_gbs) {
+  for (int n : {8192, 32768}) {
+    const int reqs = std::max(1, static_cast<int>(2.0 * (1 << 30) / (8.0 * n * 516.0)));
+    DecodeData D;
+    D.allocate(reqs, n, false);
+    const double gb = D.bytes() / 1e9;
+    auto show = [&](const char* name, double ms, int so) {
+      std::printf("stream n=%-6d %-28s %.3f ms (%.3f of copy), splits %d, %d blocks/SM\n", n, name, ms,
+                  gb / (ms * 1e-3) / copy_gbs, so / 1000, so % 1000);
+    };
+    int so = 0;
+    double ms = D.stream_variant_ms<64, 3, 128>(30, &so);
+    show("tile 64, 3 stages, 128 thr", ms, so);
+    ms = D.stream_variant_ms<64, 4, 128>(30, &so);
+    show("tile 64, 4 stages, 128 thr", ms, so);
+    ms = D.stream_variant_ms<64, 6, 128>(30, &so);
+    show("tile 64, 6 stages, 128 thr", ms, so);
+    ms = D.stream_variant_ms<32, 6, 128>(30, &so);
+    show("tile 32, 6 stages, 128 thr", ms, so);
+    ms = D.stream_variant_ms<32, 4, 128>(30, &so);
+    show("tile 32, 4 stages, 128 thr", ms, so);
+    ms = D.stream_variant_ms<128, 3, 256>(30, &so);
+    show("tile 128, 3 stages, 256 thr", ms, so);
+    ms = D.stream_variant_ms<64, 3, 256>(30, &so);
+    show("tile 64, 3 stages, 256 thr", ms, so);
+    ms = D.stream_variant_ms<16, 12, 128>(30, &so);
+    show("tile 16, 12 stages, 128 thr", ms, so);
+    ms = D.read_ceiling_ms(30);
+    show("plain reads", ms, 0);
+    D.release();
+  }
+}
 
 /// Decode time against the number of splits per sequence (0: the kernel's own choice).
 void bench_decode_splits(double copy_gbs, const std::vector<int>& splits) {
@@ -521,7 +666,11 @@ void bench_decode(double copy_gbs, bool quick) {
     const double t_ragged = D.time_ms(sc::RaggedLayout{D.offsets}, 30);
     const double t_paged = D.time_ms(sc::PagedLayout{D.table, n / D.page, D.page, 1}, 30);
     const double t_fma = D.time_ms(sc::RaggedLayout{D.offsets}, 30, false);
+    const double t_stream = D.stream_only_ms(sc::RaggedLayout{D.offsets}, 30);
+    const double t_read = D.read_ceiling_ms(30);
     const double gb = D.bytes() / 1e9;
+    std::printf("decode n=%-6d diagnostics: the ragged kernel's copies alone %.3f ms (%.2f of copy), plain reads of the same bytes %.3f ms (%.2f)\n",
+                n, t_stream, gb / (t_stream * 1e-3) / copy_gbs, t_read, gb / (t_read * 1e-3) / copy_gbs);
     const double bw_r = gb / (t_ragged * 1e-3), bw_p = gb / (t_paged * 1e-3), bw_f = gb / (t_fma * 1e-3);
     std::printf("decode n=%-6d batch %3d x 8 KV heads, G 4: ragged %.3f ms = %.0f GB/s (%.2f of copy), paged %.3f ms = %.0f GB/s (%.2f); CUDA-core kernel %.3f ms (%.2f)\n",
                 n, reqs, t_ragged, bw_r, bw_r / copy_gbs, t_paged, bw_p, bw_p / copy_gbs, t_fma, bw_f / copy_gbs);
@@ -530,7 +679,8 @@ void bench_decode(double copy_gbs, bool quick) {
       << ", \"head_dim\": 128, \"bytes\": " << D.bytes() << ", \"ragged_ms\": " << t_ragged << ", \"paged_ms\": " << t_paged
       << ", \"ragged_gbs\": " << bw_r << ", \"paged_gbs\": " << bw_p << ", \"ragged_fraction_of_copy\": " << bw_r / copy_gbs
       << ", \"paged_fraction_of_copy\": " << bw_p / copy_gbs << ", \"cuda_core_kernel_ms\": " << t_fma
-      << ", \"cuda_core_kernel_fraction_of_copy\": " << bw_f / copy_gbs << "}";
+      << ", \"cuda_core_kernel_fraction_of_copy\": " << bw_f / copy_gbs << ", \"copies_only_ms\": " << t_stream
+      << ", \"read_ceiling_ms\": " << t_read << "}";
     json_item(o.str());
     D.release();
   }
@@ -615,6 +765,7 @@ int main(int argc, char** argv) {
     D.release();
   }
   if (!decode_splits.empty()) bench_decode_splits(copy, decode_splits);
+  if (section("stream-variants")) bench_stream_variants(copy);
   if (section("decode")) bench_decode(copy, quick);
   if (section("batch")) bench_batch(budget);
   if (section("simcalkv-parts")) {

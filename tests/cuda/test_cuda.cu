@@ -680,6 +680,13 @@ void decode_matrix(bool quick) {
       }
   check_decode_t<sc::bf16, sc::bf16>("decode bf16 out d128 G4 ragged, 1 split", ref::Elem::bf16, 128, 4, LayoutKind::ragged,
                                      {700, 1201}, 1, 1, 5);
+  // 16-bit outputs: the probabilities enter P V as one 16-bit term (float outputs: two).
+  check_decode_t<sc::bf16, sc::bf16>("decode bf16 out d128 G8 paged (shared tables)", ref::Elem::bf16, 128, 8,
+                                     LayoutKind::paged_shared, {1, 33, 517, 4099, 9001, 65}, 2, 0, 7);
+  check_decode_t<sc::fp16, sc::fp16>("decode fp16 out d64 G3 ragged", ref::Elem::fp16, 64, 3, LayoutKind::ragged,
+                                     {1, 33, 517, 4099, 9001, 65}, 2, 0, 8);
+  check_decode_t<sc::fp16, sc::fp16>("decode fp16 out d128 G1 paged, 5 splits", ref::Elem::fp16, 128, 1,
+                                     LayoutKind::paged_per_head, {700, 1201}, 1, 5, 9);
   check_decode_t<sc::bf16, float>("decode bf16 d128 G4 ragged, 7 splits", ref::Elem::bf16, 128, 4, LayoutKind::ragged,
                                   {700, 1201}, 1, 7, 6);
 }

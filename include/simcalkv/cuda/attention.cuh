@@ -31,6 +31,7 @@
 
 #include "simcalkv/cuda/common.cuh"
 #include "simcalkv/cuda/layout.cuh"
+#include "simcalkv/cuda/mma_tile.cuh"
 
 #include <algorithm>
 #include <climits>
@@ -181,28 +182,33 @@ __device__ __forceinline__ void bulk_copy(void* smem, const void* gmem, unsigned
 /// One block's entries [begin, end) of a sequence, streamed through STAGES shared-memory stages
 /// of TILE rows: K [TILE][LD], V [TILE][LD] (16-byte aligned rows), bias [TILE].
 ///
-/// The row of each entry of a tile is resolved by one thread per row (TILE threads) a stage
-/// before the tile's copies are issued, into Shared::rows; fetch(u) starts that resolution and
+/// Over the ragged layout a tile's rows are consecutive (kLinear): each thread's copy addresses
+/// step by a constant from tile to tile, and nothing is looked up. Over other layouts the row of
+/// each entry of a tile is resolved by one thread per row (TILE threads) a stage before the
+/// tile's copies are issued, into Shared::rows; fetch(u) starts that resolution and
 /// prepare(u) finishes it, and the caller puts its compute in between, so the page-table load of
-/// the paged layout is hidden. On sm_90 each of 2 * TILE threads issues one bulk copy of a K or V
+/// the paged layout is hidden. With bulk copies (sm_90) each of 2 * TILE threads issues one bulk copy of a K or V
 /// row, completing on the stage's mbarrier, which prepare() has armed with the tile's byte count
-/// (one arrival, before the __syncthreads that precedes the copies); before sm_90, cp.async moves
-/// 16-byte chunks. The bias (4-byte aligned only) is cp.async with commit groups. Rows past `end`
+/// (one arrival, before the __syncthreads that precedes the copies) when SIMCALKV_DECODE_BULK is
+/// set; otherwise cp.async moves 16-byte chunks. The bias (4-byte aligned only) is cp.async with commit groups. Rows past `end`
 /// are zero in shared memory, so that masked entries (probability 0) add 0 * 0, never 0 * NaN,
 /// in P V.
 ///
-/// Usage: start(); then for each tile t: wait(t); issue(t + STAGES - 1); pending = fetch(t +
-/// STAGES); compute on stage t % STAGES; prepare(t + STAGES, pending). finish() before reusing
-/// the stages.
+/// Usage: start(); then for each tile t: advance(t); pending = fetch(t + STAGES); compute on
+/// stage t % STAGES; prepare(t + STAGES, pending). finish() before reusing the stages.
 template <class T, int D, int TILE, int LD, int STAGES, int THREADS, class Layout>
 struct KvStream {
-  static_assert(2 * TILE <= THREADS, "one thread per K row and per V row");
+  static_assert(TILE <= THREADS && (!SIMCALKV_DECODE_BULK || 2 * TILE <= THREADS), "one thread per row (bulk: per K row and per V row)");
   static_assert(STAGES >= 2, "double buffering at least");
   static constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
   static constexpr int kChunks = kRowBytes / 16;
   static constexpr std::size_t stage_bytes = 2 * sizeof(T) * TILE * LD + sizeof(float) * TILE;
   static constexpr std::size_t bytes = STAGES * stage_bytes;
   static_assert(stage_bytes % 16 == 0 && (LD * sizeof(T)) % 16 == 0, "16-byte aligned rows");
+  // Copies by 16-byte chunks: each thread copies the same chunk of every kRowsPerPass-th row.
+  static constexpr int kRowsPerPass = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && TILE % kRowsPerPass == 0, "whole passes over the tile");
+  static constexpr bool kLinear = std::is_same_v<Layout, RaggedLayout> && !SIMCALKV_DECODE_BULK;
 
   struct Shared {
     int64_t rows[STAGES][TILE];  // row of each entry of a tile (slot u % STAGES); -1 past the end
@@ -222,6 +228,7 @@ struct KvStream {
   Shared& sh;
   int begin, end, tiles, tid;
   Cursor cur;
+  int64_t first;  // kLinear: the row of entry `begin`
 
   __device__ __forceinline__ KvStream(const LayerKV<T, Layout>& kv, int s, int begin_, int end_, unsigned char* smem_,
                                       Shared& sh_)
@@ -236,7 +243,10 @@ struct KvStream {
         end(end_),
         tiles(static_cast<int>(ceil_div(end_ - begin_, TILE))),
         tid(static_cast<int>(threadIdx.x)),
-        cur(kv.layout, s, begin_ + static_cast<int>(threadIdx.x)) {}
+        cur(kv.layout, s, begin_ + static_cast<int>(threadIdx.x)),
+        first(0) {
+    if constexpr (kLinear) first = cur.seq.base + begin_;
+  }
 
   __device__ __forceinline__ T* k(int st) const { return reinterpret_cast<T*>(smem + st * stage_bytes); }
   __device__ __forceinline__ T* v(int st) const { return k(st) + TILE * LD; }
@@ -244,12 +254,14 @@ struct KvStream {
 
   /// Starts the resolution of tile u's rows (tiles in order, every thread calls it).
   __device__ __forceinline__ Pending fetch(int u) {
+    if constexpr (kLinear) return Pending{};
     const bool ok = tid < TILE && begin + u * TILE + tid < end;
     return Pending{cur.next(ok), ok};
   }
   /// Finishes it, and arms the barrier of tile u's stage with the bytes its copies will bring.
   /// The stage's previous phase (tile u - STAGES) is complete and every thread has waited for it.
   __device__ __forceinline__ void prepare(int u, const Pending& pd) {
+    if constexpr (kLinear) return;
     if (tid < TILE) sh.rows[u % STAGES][tid] = pd.ok ? cur.entry(pd.f) : -1;
 #if SIMCALKV_DECODE_BULK
     if (tid == 0 && u < tiles) {
@@ -268,12 +280,14 @@ struct KvStream {
       mbar_init_fence();
     }
 #endif
-    Pending pd[STAGES];
+    if constexpr (!kLinear) {
+      Pending pd[STAGES];
 #pragma unroll
-    for (int u = 0; u < STAGES; ++u) pd[u] = fetch(u);
+      for (int u = 0; u < STAGES; ++u) pd[u] = fetch(u);
 #pragma unroll
-    for (int u = 0; u < STAGES; ++u) prepare(u, pd[u]);
-    __syncthreads();
+      for (int u = 0; u < STAGES; ++u) prepare(u, pd[u]);
+      __syncthreads();
+    }
 #pragma unroll
     for (int u = 0; u < STAGES - 1; ++u) issue(u);
   }
@@ -283,52 +297,81 @@ struct KvStream {
   __device__ __forceinline__ void issue(int u) {
     if (u < tiles) {
       const int st = u % STAGES;
-#if SIMCALKV_DECODE_BULK
-      if (tid < 2 * TILE) {
-        const int r = tid % TILE;
-        const bool is_v = tid >= TILE;
-        const int64_t e = sh.rows[st][r];
-        T* dst = (is_v ? v(st) : k(st)) + r * LD;
-        if (e >= 0) {
-          bulk_copy(dst, is_v ? values + e * value_stride : keys + e * key_stride, kRowBytes, &sh.full[st]);
-        } else {
-#pragma unroll
-          for (int q = 0; q < kChunks; ++q) reinterpret_cast<uint4*>(dst)[q] = make_uint4(0u, 0u, 0u, 0u);
-        }
-      }
-#else
-      // Each thread copies the same 16-byte chunk of every (THREADS / kChunks)-th row: the passes
-      // unroll and the chunk's offset is computed once (a loop over i = tid, tid + THREADS, ...
-      // cost about 40 instructions per copy, near half of the kernel's instructions).
-      static_assert(THREADS % kChunks == 0 && (TILE * kChunks) % THREADS == 0, "whole passes over the tile");
-      constexpr int kRowsPerPass = THREADS / kChunks;
-      const int q = tid % kChunks, r0 = tid / kChunks;
-      T* const kd = k(st) + q * 8;
-      T* const vd = v(st) + q * 8;
-      const T* const ks = keys + q * 8;
-      const T* const vs = values + q * 8;
-#pragma unroll
-      for (int pass = 0; pass < TILE / kRowsPerPass; ++pass) {
-        const int r = r0 + pass * kRowsPerPass;
-        const int64_t e = sh.rows[st][r];
-        const bool ok = e >= 0;
-        const int64_t row = ok ? e : 0;
-        cp_async16(kd + r * LD, ks + row * key_stride, ok);
-        cp_async16(vd + r * LD, vs + row * value_stride, ok);
-      }
-#endif
-      if (tid < TILE) {
-        const int64_t e = sh.rows[st][tid];
-        cp_async4(b(st) + tid, bias + (e >= 0 ? e : 0), e >= 0);
-      }
+      if constexpr (kLinear)
+        issue_linear(u, st);
+      else
+        issue_rows(st);
     }
     cp_async_commit();
   }
 
-  /// Waits until tile t is in stage t % STAGES for every thread (and every thread is done with
-  /// the stage that the next issue() overwrites).
-  __device__ __forceinline__ void wait(int t) {
-    cp_async_wait<STAGES - 2>();
+  /// The ragged layout's copies of tile u into stage st.
+  __device__ __forceinline__ void issue_linear(int u, int st) {
+    const int q = tid % kChunks, r0 = tid / kChunks;
+    const int valid = end - (begin + u * TILE);  // rows of this tile inside the sequence
+    const int64_t row = first + static_cast<int64_t>(u) * TILE;
+    const T* const ks = keys + (row + r0) * key_stride + q * 8;
+    const T* const vs = values + (row + r0) * value_stride + q * 8;
+    T* const kd = k(st) + r0 * LD + q * 8;
+    T* const vd = v(st) + r0 * LD + q * 8;
+#pragma unroll
+    for (int pass = 0; pass < TILE / kRowsPerPass; ++pass) {
+      const int r = pass * kRowsPerPass;
+      const bool ok = r0 + r < valid;  // rows past the end: zero-filled, the source not read
+      cp_async16<128>(kd + r * LD, ok ? ks + r * key_stride : ks, ok);
+      cp_async16<128>(vd + r * LD, ok ? vs + r * value_stride : vs, ok);
+    }
+    if (tid < TILE) cp_async4(b(st) + tid, bias + row + (tid < valid ? tid : 0), tid < valid);
+  }
+
+  /// The copies of the rows resolved into sh.rows[st].
+  __device__ __forceinline__ void issue_rows(int st) {
+#if SIMCALKV_DECODE_BULK
+    if (tid < 2 * TILE) {
+      const int r = tid % TILE;
+      const bool is_v = tid >= TILE;
+      const int64_t e = sh.rows[st][r];
+      T* dst = (is_v ? v(st) : k(st)) + r * LD;
+      if (e >= 0) {
+        bulk_copy(dst, is_v ? values + e * value_stride : keys + e * key_stride, kRowBytes, &sh.full[st]);
+      } else {
+#pragma unroll
+        for (int q = 0; q < kChunks; ++q) reinterpret_cast<uint4*>(dst)[q] = make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
+#else
+    // Each thread copies the same 16-byte chunk of every (THREADS / kChunks)-th row: the passes
+    // unroll and the chunk's offset is computed once (a loop over i = tid, tid + THREADS, ...
+    // cost about 40 instructions per copy, near half of the kernel's instructions).
+    const int q = tid % kChunks, r0 = tid / kChunks;
+    T* const kd = k(st) + q * 8;
+    T* const vd = v(st) + q * 8;
+    const T* const ks = keys + q * 8;
+    const T* const vs = values + q * 8;
+#pragma unroll
+    for (int pass = 0; pass < TILE / kRowsPerPass; ++pass) {
+      const int r = r0 + pass * kRowsPerPass;
+      const int64_t e = sh.rows[st][r];
+      const bool ok = e >= 0;
+      const int64_t row = ok ? e : 0;
+      cp_async16<128>(kd + r * LD, ks + row * key_stride, ok);
+      cp_async16<128>(vd + r * LD, vs + row * value_stride, ok);
+    }
+#endif
+    if (tid < TILE) {
+      const int64_t e = sh.rows[st][tid];
+      cp_async4(b(st) + tid, bias + (e >= 0 ? e : 0), e >= 0);
+    }
+  }
+
+  /// Issues tile t + STAGES - 1 into the stage that tile t - 1 used, then waits until tile t is
+  /// in stage t % STAGES for every thread. Issuing before waiting keeps STAGES - 1 tiles in flight
+  /// during the wait (issuing after it, one fewer), which is what a block's read rate depends on:
+  /// it costs a second barrier per tile, for every thread to be done with tile t - 1 first.
+  __device__ __forceinline__ void advance(int t) {
+    if (t > 0) __syncthreads();
+    issue(t + STAGES - 1);
+    cp_async_wait<STAGES - 1>();
 #if SIMCALKV_DECODE_BULK
     mbar_wait(&sh.full[t % STAGES], static_cast<unsigned>(t / STAGES) & 1u);
 #endif
@@ -469,8 +512,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
   }
 
   for (int t = 0; t < kv.tiles; ++t) {
-    kv.wait(t);
-    kv.issue(t + kDecodeStages - 1);
+    kv.advance(t);
     const auto ahead = kv.fetch(t + kDecodeStages);
     const int st = t % kDecodeStages;
     const T* ks = kv.k(st);
@@ -557,30 +599,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core decode
 
-/// D += A * B for one m16n8k16 tile (fragments as the PTX ISA lays them out).
-template <class T>
-__device__ __forceinline__ void mma16816(float* d, uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3, uint32_t b0,
-                                         uint32_t b1) {
-  if constexpr (std::is_same_v<T, bf16>) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  } else {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-  }
-}
-
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t* r, const void* smem) {
-  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(a));
-}
-
 /// grid (splits, S), 128 threads: 4 warps, each 16 entries of every 64-entry stage.
 template <class T, int D, int G, class Q, class O, class Layout>
 __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams<T, Q, O, Layout> p) {
@@ -588,6 +606,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
   constexpr int KS = D / 16;          // k-steps of Q K^T
   constexpr int NB = D / 8;           // n-blocks of P V
   constexpr int NQ = std::is_same_v<Q, float> ? 2 : 1;  // float queries: hi + lo terms
+  constexpr int NP = std::is_same_v<O, float> ? 2 : 1;  // float output: probabilities as hi + lo
   constexpr int WARPS = kDecodeThreads / 32;
   constexpr int LD = D + 8;  // padded rows: conflict-free fragment loads and ldmatrix
   using Stream = MmaStream<T, D, Layout>;
@@ -606,7 +625,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
   kv.start();  // the first copies fly while the queries load
 
   // Q as the A operand: row g (query head), 16 dims per k-step; rows 8..15 are zero.
-  uint32_t qa[KS][2], ql[KS][2];
+  uint32_t qa[KS][4], ql[KS][4];
 #pragma unroll
   for (int ks = 0; ks < KS; ++ks) {
     float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -614,41 +633,49 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
       const Q* qp = p.io.q + b * p.io.q_request_stride + (h * G + g) * p.io.q_head_stride + ks * 16 + t4 * 2;
       v[0] = to_float(qp[0]), v[1] = to_float(qp[1]), v[2] = to_float(qp[8]), v[3] = to_float(qp[9]);
     }
+    qa[ks][1] = qa[ks][3] = ql[ks][1] = ql[ks][3] = 0u;
     if constexpr (NQ == 2) {
       split2<T>(v[0], v[1], qa[ks][0], ql[ks][0]);
-      split2<T>(v[2], v[3], qa[ks][1], ql[ks][1]);
+      split2<T>(v[2], v[3], qa[ks][2], ql[ks][2]);
     } else {
       qa[ks][0] = pack2<T>(v[0], v[1]);
-      qa[ks][1] = pack2<T>(v[2], v[3]);
+      qa[ks][2] = pack2<T>(v[2], v[3]);
     }
   }
   float o[NB][4];
 #pragma unroll
   for (int i = 0; i < NB; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-  float m = kNegInf, l = 0.0f;  // row g's running max and sum (all four lanes of the row agree)
+  // Row g's running max and sum, in base 2 (logits times log2 e); the four lanes of a row agree.
+  float m = kNegInf, l = 0.0f;
+  const float scale2 = p.scale * kLog2e;
 
   const int e0 = warp * 16;  // this warp's entries within a stage
+  // ldmatrix addresses: lane l gives row l % 8 of matrix l / 8. For K the four matrices are
+  // (entries 0-7, dims 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15) of a k-step: the B fragments of
+  // both n-blocks. For V (transposed) they are (entries 0-7, dims 0-7), (8-15, 0-7), (0-7, 8-15),
+  // (8-15, 8-15) of a pair of n-blocks.
+  const int mi = lane >> 3, ri = lane & 7;
+  const int k_off = (e0 + (mi >> 1) * 8 + ri) * LD + (mi & 1) * 8;
+  const int v_off = (e0 + (mi & 1) * 8 + ri) * LD + (mi >> 1) * 8;
   for (int t = 0; t < kv.tiles; ++t) {
-    kv.wait(t);
-    kv.issue(t + kMmaStages - 1);
+    kv.advance(t);
     const auto ahead = kv.fetch(t + kMmaStages);
     const int st = t % kMmaStages;
     const T* ks = kv.k(st);
     const T* vs = kv.v(st);
     const float* bs = kv.b(st);
     const int j0 = begin + t * kMmaTile;
-    // S = Q K^T for entries e0 .. e0 + 15 (two n-blocks of 8).
-    float sacc[2][4];
+    // S = Q K^T for entries e0 .. e0 + 15 (two n-blocks of 8, two independent chains).
+    float sacc[2][4] = {};
 #pragma unroll
-    for (int nb = 0; nb < 2; ++nb) {
-      sacc[nb][0] = sacc[nb][1] = sacc[nb][2] = sacc[nb][3] = 0.0f;
-      const T* krow = ks + (e0 + nb * 8 + g) * LD + t4 * 2;
-#pragma unroll
-      for (int kk = 0; kk < KS; ++kk) {
-        const uint32_t b0 = *reinterpret_cast<const uint32_t*>(krow + kk * 16);
-        const uint32_t b1 = *reinterpret_cast<const uint32_t*>(krow + kk * 16 + 8);
-        mma16816<T>(sacc[nb], qa[kk][0], 0u, qa[kk][1], 0u, b0, b1);
-        if constexpr (NQ == 2) mma16816<T>(sacc[nb], ql[kk][0], 0u, ql[kk][1], 0u, b0, b1);
+    for (int kk = 0; kk < KS; ++kk) {
+      uint32_t kb[4];
+      ldsm_x4(kb, ks + k_off + kk * 16);
+      mma_m16n8k16<T>(sacc[0], qa[kk], kb[0], kb[1]);
+      mma_m16n8k16<T>(sacc[1], qa[kk], kb[2], kb[3]);
+      if constexpr (NQ == 2) {
+        mma_m16n8k16<T>(sacc[0], ql[kk], kb[0], kb[1]);
+        mma_m16n8k16<T>(sacc[1], ql[kk], kb[2], kb[3]);
       }
     }
     // Online softmax of row g over the 16 entries: this lane holds entries t4*2, +1 of each block.
@@ -658,40 +685,50 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
     for (int i = 0; i < 4; ++i) {
       const int e = e0 + (i >> 1) * 8 + t4 * 2 + (i & 1);
       const bool ok = g < G && j0 + e < end;
-      xs[i] = ok ? sacc[i >> 1][i & 1] * p.scale + bs[e] : kNegInf;
+      xs[i] = ok ? fmaf(sacc[i >> 1][i & 1], scale2, bs[e] * kLog2e) : kNegInf;
       tile_max = fmaxf(tile_max, xs[i]);
     }
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
     tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
     const float mn = fmaxf(m, tile_max);
-    const float alpha = exp_diff(m, mn);
+    const float base = mn == kNegInf ? 0.0f : mn;  // every entry so far masked: 2^(-inf - 0) = 0
+    const float alpha = mn == m ? 1.0f : fast_exp2(m - base);
     float psum = 0.0f;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-      xs[i] = exp_diff(xs[i], mn);
+      xs[i] = fast_exp2(xs[i] - base);
       psum += xs[i];
     }
     psum += __shfl_xor_sync(0xffffffffu, psum, 1);
     psum += __shfl_xor_sync(0xffffffffu, psum, 2);
     l = l * alpha + psum;
     m = mn;
+    // Once the maxima settle (most tiles), no row of the warp rescales: skip the multiplies.
+    if (__any_sync(0xffffffffu, alpha != 1.0f)) {
 #pragma unroll
-    for (int i = 0; i < NB; ++i) o[i][0] *= alpha, o[i][1] *= alpha;
-    // P as the A operand (rows 8..15 zero), hi + lo.
-    uint32_t pa0, pa2, pl0, pl2;
-    split2<T>(xs[0], xs[1], pa0, pl0);
-    split2<T>(xs[2], xs[3], pa2, pl2);
+      for (int i = 0; i < NB; ++i) o[i][0] *= alpha, o[i][1] *= alpha;
+    }
+    // P as the A operand (rows 8..15 zero): one 16-bit term when the output is 16-bit (its own
+    // rounding is as coarse), hi + lo for float output.
+    uint32_t pa[4] = {0u, 0u, 0u, 0u}, pl[4] = {0u, 0u, 0u, 0u};
+    if constexpr (NP == 2) {
+      split2<T>(xs[0], xs[1], pa[0], pl[0]);
+      split2<T>(xs[2], xs[3], pa[2], pl[2]);
+    } else {
+      pa[0] = pack2<T>(xs[0], xs[1]);
+      pa[2] = pack2<T>(xs[2], xs[3]);
+    }
     // O += P V: V fragments by transposing loads of the warp's 16 rows, two n-blocks at a time.
-    const int mi = lane >> 3, ri = lane & 7;
-    const T* vrow = vs + (e0 + (mi & 1) * 8 + ri) * LD + (mi >> 1) * 8;
 #pragma unroll
     for (int nbp = 0; nbp < NB / 2; ++nbp) {
       uint32_t vb[4];
-      ldmatrix_x4_trans(vb, vrow + nbp * 16);
-      mma16816<T>(o[2 * nbp], pa0, 0u, pa2, 0u, vb[0], vb[1]);
-      mma16816<T>(o[2 * nbp], pl0, 0u, pl2, 0u, vb[0], vb[1]);
-      mma16816<T>(o[2 * nbp + 1], pa0, 0u, pa2, 0u, vb[2], vb[3]);
-      mma16816<T>(o[2 * nbp + 1], pl0, 0u, pl2, 0u, vb[2], vb[3]);
+      ldsm_x4_trans(vb, vs + v_off + nbp * 16);
+      mma_m16n8k16<T>(o[2 * nbp], pa, vb[0], vb[1]);
+      mma_m16n8k16<T>(o[2 * nbp + 1], pa, vb[2], vb[3]);
+      if constexpr (NP == 2) {
+        mma_m16n8k16<T>(o[2 * nbp], pl, vb[0], vb[1]);
+        mma_m16n8k16<T>(o[2 * nbp + 1], pl, vb[2], vb[3]);
+      }
     }
     kv.prepare(t + kMmaStages, ahead);
   }
@@ -705,7 +742,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
       red_acc[(warp * G + g) * D + i * 8 + t4 * 2 + 1] = o[i][1];
     }
     if (t4 == 0) {
-      red_ml[warp][g][0] = m;
+      red_ml[warp][g][0] = m * kLn2;  // back to natural units for decode_finish
       red_ml[warp][g][1] = l;
     }
   }

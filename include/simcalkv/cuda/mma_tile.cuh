@@ -83,6 +83,15 @@ __device__ __forceinline__ void ldsm_x4(uint32_t* r, const void* smem) {
                : "r"(a));
 }
 
+/// The same, transposed: lane l receives one word of each matrix's transpose (the B fragments of
+/// a row-major K x N operand, e.g. the V rows of P V).
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const void* smem) {
+  const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
 /// The A fragments (16 rows x D, row-major 16-bit, row stride ld) of one m-tile, all k-steps,
 /// loaded straight from global or shared memory.
 template <class T, int D>

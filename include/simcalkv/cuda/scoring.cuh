@@ -188,7 +188,6 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
   // This warp's query rows as A fragments, and the data of the four rows each thread touches:
   // row (mt, h) = warp * 16 * MT + mt * 16 + h * 8 + g. Exponentials run in base 2 (one MUFU
   // instruction each): logits are scaled by log2(e), and the row data with them.
-  constexpr float kLog2e = 1.4426950408889634f;
   const float scale2 = p.scale * kLog2e;
   const int64_t wrow0 = row0 + warp * 16 * MT;
   WarpRowsA<T, D> qa[NA][MT];
@@ -324,7 +323,6 @@ __global__ void __launch_bounds__(kScoreThreads) score_kernel(ScoreParams<T, Lay
   }
   cp_async_wait<0>();
   if constexpr (PASS == 1) {
-    constexpr float kLn2 = 0.6931471805599453f;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
