@@ -32,23 +32,13 @@
 #include "simcalkv/cuda/common.cuh"
 #include "simcalkv/cuda/layout.cuh"
 #include "simcalkv/cuda/mma_tile.cuh"
+#include "simcalkv/cuda/tma.cuh"
 
 #include <algorithm>
 #include <climits>
 #include <cmath>
 #include <mutex>
 #include <utility>
-
-// Hopper bulk copies (cp.async.bulk + mbarrier), an alternative loader for sm_90 and newer.
-// Off by default: on an H200 the 16-byte cp.async path measured faster (8k tokens per head, 2 GiB:
-// 0.535 against 0.562 ms ragged, 0.547 against 0.612 ms paged); define it as 1 to compare on sm_90.
-#ifndef SIMCALKV_DECODE_BULK
-#define SIMCALKV_DECODE_BULK 0
-#endif
-#if SIMCALKV_DECODE_BULK && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-#undef SIMCALKV_DECODE_BULK
-#define SIMCALKV_DECODE_BULK 0
-#endif
 
 namespace simcalkv::cuda {
 
@@ -60,6 +50,7 @@ struct DecodeShape {
   int max_length = 0;    // upper bound of lengths[s]
   int splits = 0;        // 0: chosen from the shape and the GPU
   bool tensor_cores = true;  // mma.sync kernel (default); false: the CUDA-core kernel
+  bool tma = true;           // ragged layout on sm_90+: full tiles copied by the TMA (tma.cuh)
 };
 
 /// Queries q[b * request_stride + (h * G + g) * head_stride + i] (Q: float or the storage type);
@@ -92,6 +83,7 @@ struct DecodeParams {
   float* part_acc;                // [S][G][splits][D]
   float* part_ml;                 // [S][G][splits][2]
   unsigned long long* tickets;    // [S]: which block of a sequence finishes last
+  CUtensorMap kmap, vmap;         // TMA kernels: the maps of keys and values (tma.cuh)
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -145,74 +137,37 @@ struct RowCursor<PagedLayout, TILE> {
   }
 };
 
-#if SIMCALKV_DECODE_BULK
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
-__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-/// Makes initialised mbarriers visible to the async proxy (the bulk copies).
-__device__ __forceinline__ void mbar_init_fence() {
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, unsigned bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
-               : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, unsigned parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred done;\n"
-      "WAIT:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT;\n"
-      "}\n" ::"r"(smem_u32(bar)),
-      "r"(parity)
-      : "memory");
-}
-/// One bulk copy global -> shared (16-byte aligned, a multiple of 16 bytes), completing on `bar`.
-__device__ __forceinline__ void bulk_copy(void* smem, const void* gmem, unsigned bytes, uint64_t* bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-               ::"r"(smem_u32(smem)), "l"(gmem), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-}
-#endif
 
 /// One block's entries [begin, end) of a sequence, streamed through STAGES shared-memory stages
-/// of TILE rows: K [TILE][LD], V [TILE][LD] (16-byte aligned rows), bias [TILE].
+/// of TILE rows by 16-byte cp.async copies: K [TILE][LD], V [TILE][LD] (16-byte aligned rows),
+/// bias [TILE]. Rows past `end` are zero in shared memory, so that masked entries (probability 0)
+/// add 0 * 0, never 0 * NaN, in P V.
 ///
 /// Over the ragged layout a tile's rows are consecutive (kLinear): each thread's copy addresses
-/// step by a constant from tile to tile, and nothing is looked up. Over other layouts the row of
-/// each entry of a tile is resolved by one thread per row (TILE threads) a stage before the
-/// tile's copies are issued, into Shared::rows; fetch(u) starts that resolution and
-/// prepare(u) finishes it, and the caller puts its compute in between, so the page-table load of
-/// the paged layout is hidden. With bulk copies (sm_90) each of 2 * TILE threads issues one bulk copy of a K or V
-/// row, completing on the stage's mbarrier, which prepare() has armed with the tile's byte count
-/// (one arrival, before the __syncthreads that precedes the copies) when SIMCALKV_DECODE_BULK is
-/// set; otherwise cp.async moves 16-byte chunks. The bias (4-byte aligned only) is cp.async with commit groups. Rows past `end`
-/// are zero in shared memory, so that masked entries (probability 0) add 0 * 0, never 0 * NaN,
-/// in P V.
+/// follow from the tile's first row, and nothing is looked up. Over other layouts the row of each
+/// entry of a tile is resolved by one thread per row a stage before the tile's copies are issued,
+/// into Shared::rows: fetch(u) starts that resolution and prepare(u) finishes it, and the caller
+/// puts its compute in between, so the page-table load of the paged layout is hidden.
 ///
 /// Usage: start(); then for each tile t: advance(t); pending = fetch(t + STAGES); compute on
 /// stage t % STAGES; prepare(t + STAGES, pending). finish() before reusing the stages.
 template <class T, int D, int TILE, int LD, int STAGES, int THREADS, class Layout>
 struct KvStream {
-  static_assert(TILE <= THREADS && (!SIMCALKV_DECODE_BULK || 2 * TILE <= THREADS), "one thread per row (bulk: per K row and per V row)");
+  static_assert(TILE <= THREADS, "one thread per row");
   static_assert(STAGES >= 2, "double buffering at least");
-  static constexpr int kRowBytes = D * static_cast<int>(sizeof(T));
-  static constexpr int kChunks = kRowBytes / 16;
+  static constexpr int kChunks = D * static_cast<int>(sizeof(T)) / 16;  // 16-byte chunks per row
   static constexpr std::size_t stage_bytes = 2 * sizeof(T) * TILE * LD + sizeof(float) * TILE;
   static constexpr std::size_t bytes = STAGES * stage_bytes;
   static_assert(stage_bytes % 16 == 0 && (LD * sizeof(T)) % 16 == 0, "16-byte aligned rows");
-  // Copies by 16-byte chunks: each thread copies the same chunk of every kRowsPerPass-th row.
+  // Each thread copies the same 16-byte chunk of every kRowsPerPass-th row: the passes unroll and
+  // the chunk's offsets are computed once per tile.
   static constexpr int kRowsPerPass = THREADS / kChunks;
   static_assert(THREADS % kChunks == 0 && TILE % kRowsPerPass == 0, "whole passes over the tile");
-  static constexpr bool kLinear = std::is_same_v<Layout, RaggedLayout> && !SIMCALKV_DECODE_BULK;
+  static constexpr bool kLinear = std::is_same_v<Layout, RaggedLayout>;
+  static constexpr bool kTma = false;
 
   struct Shared {
-    int64_t rows[STAGES][TILE];  // row of each entry of a tile (slot u % STAGES); -1 past the end
-    uint64_t full[STAGES];       // sm_90: the stage's K and V rows have landed
+    int64_t rows[STAGES][TILE];  // !kLinear: row of each entry of a tile (slot u % STAGES); -1 past the end
   };
   using Cursor = RowCursor<Layout, TILE>;
   struct Pending {
@@ -251,6 +206,8 @@ struct KvStream {
   __device__ __forceinline__ T* k(int st) const { return reinterpret_cast<T*>(smem + st * stage_bytes); }
   __device__ __forceinline__ T* v(int st) const { return k(st) + TILE * LD; }
   __device__ __forceinline__ float* b(int st) const { return reinterpret_cast<float*>(v(st) + TILE * LD); }
+  /// Element offset of 16-byte chunk c of row r in a K or V stage.
+  __device__ static __forceinline__ int at(int r, int c) { return r * LD + c * 8; }
 
   /// Starts the resolution of tile u's rows (tiles in order, every thread calls it).
   __device__ __forceinline__ Pending fetch(int u) {
@@ -258,28 +215,14 @@ struct KvStream {
     const bool ok = tid < TILE && begin + u * TILE + tid < end;
     return Pending{cur.next(ok), ok};
   }
-  /// Finishes it, and arms the barrier of tile u's stage with the bytes its copies will bring.
-  /// The stage's previous phase (tile u - STAGES) is complete and every thread has waited for it.
+  /// Finishes it.
   __device__ __forceinline__ void prepare(int u, const Pending& pd) {
-    if constexpr (kLinear) return;
-    if (tid < TILE) sh.rows[u % STAGES][tid] = pd.ok ? cur.entry(pd.f) : -1;
-#if SIMCALKV_DECODE_BULK
-    if (tid == 0 && u < tiles) {
-      const int valid = min(TILE, end - (begin + u * TILE));
-      mbar_arrive_expect_tx(&sh.full[u % STAGES], static_cast<unsigned>(2 * valid * kRowBytes));
-    }
-#endif
+    if constexpr (!kLinear)
+      if (tid < TILE) sh.rows[u % STAGES][tid] = pd.ok ? cur.entry(pd.f) : -1;
   }
 
   /// Resolves the first STAGES tiles (their loads in flight together) and issues STAGES - 1.
   __device__ __forceinline__ void start() {
-#if SIMCALKV_DECODE_BULK
-    if (tid == 0) {
-#pragma unroll
-      for (int st = 0; st < STAGES; ++st) mbar_init(&sh.full[st], 1);  // prepare()'s arrival
-      mbar_init_fence();
-    }
-#endif
     if constexpr (!kLinear) {
       Pending pd[STAGES];
 #pragma unroll
@@ -293,7 +236,7 @@ struct KvStream {
   }
 
   /// Issues the copies of tile u into stage u % STAGES (nothing past the last tile), and commits
-  /// a cp.async group either way so that wait() counts groups by tile.
+  /// a cp.async group either way so that the waits count groups by tile.
   __device__ __forceinline__ void issue(int u) {
     if (u < tiles) {
       const int st = u % STAGES;
@@ -326,23 +269,6 @@ struct KvStream {
 
   /// The copies of the rows resolved into sh.rows[st].
   __device__ __forceinline__ void issue_rows(int st) {
-#if SIMCALKV_DECODE_BULK
-    if (tid < 2 * TILE) {
-      const int r = tid % TILE;
-      const bool is_v = tid >= TILE;
-      const int64_t e = sh.rows[st][r];
-      T* dst = (is_v ? v(st) : k(st)) + r * LD;
-      if (e >= 0) {
-        bulk_copy(dst, is_v ? values + e * value_stride : keys + e * key_stride, kRowBytes, &sh.full[st]);
-      } else {
-#pragma unroll
-        for (int q = 0; q < kChunks; ++q) reinterpret_cast<uint4*>(dst)[q] = make_uint4(0u, 0u, 0u, 0u);
-      }
-    }
-#else
-    // Each thread copies the same 16-byte chunk of every (THREADS / kChunks)-th row: the passes
-    // unroll and the chunk's offset is computed once (a loop over i = tid, tid + THREADS, ...
-    // cost about 40 instructions per copy, near half of the kernel's instructions).
     const int q = tid % kChunks, r0 = tid / kChunks;
     T* const kd = k(st) + q * 8;
     T* const vd = v(st) + q * 8;
@@ -357,7 +283,6 @@ struct KvStream {
       cp_async16<128>(kd + r * LD, ks + row * key_stride, ok);
       cp_async16<128>(vd + r * LD, vs + row * value_stride, ok);
     }
-#endif
     if (tid < TILE) {
       const int64_t e = sh.rows[st][tid];
       cp_async4(b(st) + tid, bias + (e >= 0 ? e : 0), e >= 0);
@@ -366,15 +291,12 @@ struct KvStream {
 
   /// Issues tile t + STAGES - 1 into the stage that tile t - 1 used, then waits until tile t is
   /// in stage t % STAGES for every thread. Issuing before waiting keeps STAGES - 1 tiles in flight
-  /// during the wait (issuing after it, one fewer), which is what a block's read rate depends on:
-  /// it costs a second barrier per tile, for every thread to be done with tile t - 1 first.
+  /// during the wait (issuing after it, one fewer); it costs a second barrier per tile, for every
+  /// thread to be done with tile t - 1 first.
   __device__ __forceinline__ void advance(int t) {
     if (t > 0) __syncthreads();
     issue(t + STAGES - 1);
     cp_async_wait<STAGES - 1>();
-#if SIMCALKV_DECODE_BULK
-    mbar_wait(&sh.full[t % STAGES], static_cast<unsigned>(t / STAGES) & 1u);
-#endif
     __syncthreads();
   }
 
@@ -382,10 +304,137 @@ struct KvStream {
   __device__ __forceinline__ void finish() { cp_async_wait<0>(); }
 };
 
+/// The tensor-core kernel's stream over the ragged layout on sm_90: tiles of 64 rows by TMA (two
+/// boxes of K and two of V per tile at head dim 128, issued by one thread, completing on the
+/// stage's mbarrier), swizzled in shared memory (tma_tile_offset). A block's last tile, when it
+/// is partial, comes by cp.async into the same swizzled places with the rows past the end zeroed
+/// (a box would bring the next sequence's rows); the bias always does (4-byte aligned only). The
+/// same interface as KvStream.
+template <class T, int D, int STAGES, int THREADS>
+struct TmaKvStream {
+  static constexpr int TILE = kTmaBoxRows;
+  static constexpr bool kTma = true;
+  static_assert(D % kTmaBoxElems == 0, "head_dim a multiple of 64");
+  static_assert(TILE <= THREADS, "one thread per row");
+  static constexpr int kChunks = D * static_cast<int>(sizeof(T)) / 16;
+  static constexpr int kBoxes = D / kTmaBoxElems;
+  static constexpr int kMatBytes = TILE * D * static_cast<int>(sizeof(T));  // one K or V tile
+  static constexpr std::size_t stage_bytes = 2 * kMatBytes;                 // a multiple of 1024
+  static constexpr std::size_t kAlign = 1024;                               // the 128-byte swizzle's period
+  static constexpr std::size_t bytes = STAGES * stage_bytes + STAGES * TILE * sizeof(float) + kAlign;
+  static constexpr int kRowsPerPass = THREADS / kChunks;
+  static_assert(THREADS % kChunks == 0 && TILE % kRowsPerPass == 0, "whole passes over the tile");
+
+  struct Shared {
+    uint64_t full[STAGES];  // the stage's boxes have landed
+  };
+  struct Pending {};
+
+  const CUtensorMap* kmap;
+  const CUtensorMap* vmap;
+  const T* keys;
+  const T* values;
+  const float* bias;
+  int64_t key_stride, value_stride;
+  unsigned char* smem;  // 1024-byte aligned
+  Shared& sh;
+  int begin, end, tiles, tid;
+  int64_t first;  // the row of entry `begin`
+
+  __device__ __forceinline__ TmaKvStream(const LayerKV<T, RaggedLayout>& kv, const CUtensorMap* kmap_,
+                                         const CUtensorMap* vmap_, int s, int begin_, int end_,
+                                         unsigned char* smem_, Shared& sh_)
+      : kmap(kmap_),
+        vmap(vmap_),
+        keys(kv.keys),
+        values(kv.values),
+        bias(kv.bias),
+        key_stride(kv.key_stride),
+        value_stride(kv.value_stride),
+        smem(reinterpret_cast<unsigned char*>((reinterpret_cast<uintptr_t>(smem_) + kAlign - 1) & ~(kAlign - 1))),
+        sh(sh_),
+        begin(begin_),
+        end(end_),
+        tiles(static_cast<int>(ceil_div(end_ - begin_, TILE))),
+        tid(static_cast<int>(threadIdx.x)),
+        first(kv.layout.offsets[s] + begin_) {}
+
+  __device__ __forceinline__ T* k(int st) const { return reinterpret_cast<T*>(smem + st * stage_bytes); }
+  __device__ __forceinline__ T* v(int st) const { return reinterpret_cast<T*>(smem + st * stage_bytes + kMatBytes); }
+  __device__ __forceinline__ float* b(int st) const {
+    return reinterpret_cast<float*>(smem + STAGES * stage_bytes) + st * TILE;
+  }
+  __device__ static __forceinline__ int at(int r, int c) {
+    return tma_tile_offset(r, c) / static_cast<int>(sizeof(T));
+  }
+  __device__ __forceinline__ bool full(int u) const { return end - (begin + u * TILE) >= TILE; }
+
+  __device__ __forceinline__ Pending fetch(int) { return Pending{}; }
+  __device__ __forceinline__ void prepare(int, const Pending&) {}
+
+  __device__ __forceinline__ void start() {
+    if (tid == 0) {
+#pragma unroll
+      for (int st = 0; st < STAGES; ++st) mbar_init(&sh.full[st], 1);
+      mbar_init_fence();
+    }
+    __syncthreads();
+#pragma unroll
+    for (int u = 0; u < STAGES - 1; ++u) issue(u);
+  }
+
+  __device__ __forceinline__ void issue(int u) {
+    if (u < tiles) {
+      const int st = u % STAGES;
+      const int valid = end - (begin + u * TILE);
+      const int64_t row = first + static_cast<int64_t>(u) * TILE;
+      if (valid >= TILE) {
+        if (tid == 0) {
+          mbar_arrive_expect_tx(&sh.full[st], static_cast<unsigned>(stage_bytes));
+          const int y = static_cast<int>(row);
+#pragma unroll
+          for (int bx = 0; bx < kBoxes; ++bx) {
+            tma_load_box(reinterpret_cast<unsigned char*>(k(st)) + bx * TILE * 128, kmap, bx * kTmaBoxElems, y,
+                         &sh.full[st]);
+            tma_load_box(reinterpret_cast<unsigned char*>(v(st)) + bx * TILE * 128, vmap, bx * kTmaBoxElems, y,
+                         &sh.full[st]);
+          }
+        }
+      } else {
+        const int q = tid % kChunks, r0 = tid / kChunks;
+#pragma unroll
+        for (int pass = 0; pass < TILE / kRowsPerPass; ++pass) {
+          const int r = r0 + pass * kRowsPerPass;
+          const bool ok = r < valid;
+          const int64_t src = (row + (ok ? r : 0));
+          cp_async16<128>(k(st) + at(r, q), keys + src * key_stride + q * 8, ok);
+          cp_async16<128>(v(st) + at(r, q), values + src * value_stride + q * 8, ok);
+        }
+      }
+      if (tid < TILE) cp_async4(b(st) + tid, bias + row + (tid < valid ? tid : 0), tid < valid);
+    }
+    cp_async_commit();
+  }
+
+  /// As KvStream::advance; a full tile is also waited for on its stage's mbarrier (phase t /
+  /// STAGES: only a block's last tile can be partial, so every earlier use of the stage was a box).
+  __device__ __forceinline__ void advance(int t) {
+    if (t > 0) __syncthreads();
+    issue(t + STAGES - 1);
+    cp_async_wait<STAGES - 1>();
+    if (full(t)) mbar_wait(&sh.full[t % STAGES], static_cast<unsigned>(t / STAGES) & 1u);
+    __syncthreads();
+  }
+
+  __device__ __forceinline__ void finish() { cp_async_wait<0>(); }
+};
+
 template <class T, int D, class Layout>
 using FmaStream = KvStream<T, D, kDecodeTile, D, kDecodeStages, kDecodeThreads, Layout>;
 template <class T, int D, class Layout>
 using MmaStream = KvStream<T, D, kMmaTile, D + 8, kMmaStages, kDecodeThreads, Layout>;  // padded rows
+template <class T, int D>
+using MmaTmaStream = TmaKvStream<T, D, kMmaStages, kDecodeThreads>;
 
 // ---------------------------------------------------------------------------------------------
 // Combining the splits
@@ -599,17 +648,27 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kernel(DecodeParams<T, 
 // ---------------------------------------------------------------------------------------------
 // Tensor-core decode
 
-/// grid (splits, S), 128 threads: 4 warps, each 16 entries of every 64-entry stage.
-template <class T, int D, int G, class Q, class O, class Layout>
-__global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams<T, Q, O, Layout> p) {
+template <class Stream, class T, class Q, class O, class Layout>
+__device__ __forceinline__ Stream make_stream(const DecodeParams<T, Q, O, Layout>& p, int s, int begin, int end,
+                                              unsigned char* smem, typename Stream::Shared& sh) {
+  if constexpr (Stream::kTma)
+    return Stream(p.kv, &p.kmap, &p.vmap, s, begin, end, smem, sh);
+  else
+    return Stream(p.kv, s, begin, end, smem, sh);
+}
+
+/// grid (splits, S), 128 threads: 4 warps, each 16 entries of every 64-entry stage. TMA: the
+/// copies of full tiles by the tensor memory accelerator (ragged layout, sm_90).
+template <class T, int D, int G, class Q, class O, class Layout, bool TMA>
+__global__ void __launch_bounds__(kDecodeThreads)
+    decode_mma_kernel(const __grid_constant__ DecodeParams<T, Q, O, Layout> p) {
   static_assert(G >= 1 && G <= 8, "group size 1 to 8");
   constexpr int KS = D / 16;          // k-steps of Q K^T
   constexpr int NB = D / 8;           // n-blocks of P V
   constexpr int NQ = std::is_same_v<Q, float> ? 2 : 1;  // float queries: hi + lo terms
   constexpr int NP = std::is_same_v<O, float> ? 2 : 1;  // float output: probabilities as hi + lo
   constexpr int WARPS = kDecodeThreads / 32;
-  constexpr int LD = D + 8;  // padded rows: conflict-free fragment loads and ldmatrix
-  using Stream = MmaStream<T, D, Layout>;
+  using Stream = std::conditional_t<TMA, MmaTmaStream<T, D>, MmaStream<T, D, Layout>>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ typename Stream::Shared stream_sh;
   __shared__ float red_ml[WARPS][G][2];
@@ -621,7 +680,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
   const int per = static_cast<int>(ceil_div(ceil_div(n, p.splits), kMmaTile) * kMmaTile);
   const int begin = min(n, x * per), end = min(n, begin + per);
   const int b = s / p.kv.num_kv_heads, h = s % p.kv.num_kv_heads;
-  Stream kv(p.kv, s, begin, end, smem_raw, stream_sh);
+  Stream kv = make_stream<Stream>(p, s, begin, end, smem_raw, stream_sh);
   kv.start();  // the first copies fly while the queries load
 
   // Q as the A operand: row g (query head), 16 dims per k-step; rows 8..15 are zero.
@@ -655,8 +714,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
   // both n-blocks. For V (transposed) they are (entries 0-7, dims 0-7), (8-15, 0-7), (0-7, 8-15),
   // (8-15, 8-15) of a pair of n-blocks.
   const int mi = lane >> 3, ri = lane & 7;
-  const int k_off = (e0 + (mi >> 1) * 8 + ri) * LD + (mi & 1) * 8;
-  const int v_off = (e0 + (mi & 1) * 8 + ri) * LD + (mi >> 1) * 8;
+  const int k_row = e0 + (mi >> 1) * 8 + ri, k_chunk = mi & 1;
+  const int v_row = e0 + (mi & 1) * 8 + ri, v_chunk = mi >> 1;
   for (int t = 0; t < kv.tiles; ++t) {
     kv.advance(t);
     const auto ahead = kv.fetch(t + kMmaStages);
@@ -670,7 +729,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
 #pragma unroll
     for (int kk = 0; kk < KS; ++kk) {
       uint32_t kb[4];
-      ldsm_x4(kb, ks + k_off + kk * 16);
+      ldsm_x4(kb, ks + Stream::at(k_row, kk * 2 + k_chunk));
       mma_m16n8k16<T>(sacc[0], qa[kk], kb[0], kb[1]);
       mma_m16n8k16<T>(sacc[1], qa[kk], kb[2], kb[3]);
       if constexpr (NQ == 2) {
@@ -722,7 +781,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_mma_kernel(DecodeParams
 #pragma unroll
     for (int nbp = 0; nbp < NB / 2; ++nbp) {
       uint32_t vb[4];
-      ldsm_x4_trans(vb, vs + v_off + nbp * 16);
+      ldsm_x4_trans(vb, vs + Stream::at(v_row, nbp * 2 + v_chunk));
       mma_m16n8k16<T>(o[2 * nbp], pa, vb[0], vb[1]);
       mma_m16n8k16<T>(o[2 * nbp + 1], pa, vb[2], vb[3]);
       if constexpr (NP == 2) {
@@ -760,6 +819,7 @@ struct DecodeDevice {
   int smem_reserved = 1024;  // per block
   int threads_per_sm = 2048;
   int blocks_per_sm = 32;
+  int major = 0;  // compute capability
 };
 
 /// The current device's attributes, asked once per device: an engine calls decode every layer
@@ -785,6 +845,7 @@ inline DecodeDevice decode_device() {
   get(d.smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock);
   get(d.threads_per_sm, cudaDevAttrMaxThreadsPerMultiProcessor);
   get(d.blocks_per_sm, cudaDevAttrMaxBlocksPerMultiprocessor);
+  get(d.major, cudaDevAttrComputeCapabilityMajor);
   if (device >= 0 && device < kCached) {
     std::lock_guard<std::mutex> lock(mutex);
     cache[device] = d;
@@ -886,34 +947,57 @@ inline DecodeWork decode_carve(const DecodeShape& shape, void* base, std::size_t
   return w;
 }
 
-/// One kernel instance (its occupancy is cached per instance).
-template <class T, int D, int G, class Q, class O, class Layout, bool TensorCores>
+/// One kernel instance (its occupancy is cached per instance): KIND 0 the CUDA-core kernel, 1 the
+/// tensor-core kernel, 2 the tensor-core kernel with TMA copies.
+template <class T, int D, int G, class Q, class O, class Layout, int KIND>
 struct DecodeKernelTag {};
+
+/// Whether the kernel was compiled for sm_90 or newer (PTX version, so that a JIT-compiled older
+/// build, whose TMA code is empty, never counts), asked once per instance.
+template <class Tag, class Kernel>
+bool kernel_has_sm90(Kernel kernel) {
+  static const bool yes = [&] {
+    cudaFuncAttributes a{};
+    const bool ok = cudaFuncGetAttributes(&a, kernel) == cudaSuccess && a.ptxVersion >= 90;
+    (void)cudaGetLastError();
+    return ok;
+  }();
+  return yes;
+}
 
 template <class T, int D, int G, class Q, class O, class Layout>
 cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io, const DecodeShape& shape,
                           const DecodeWork& work, cudaStream_t stream) {
   static_assert(FmaStream<T, D, Layout>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
   static_assert(MmaStream<T, D, Layout>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
-  const std::size_t smem = shape.tensor_cores ? MmaStream<T, D, Layout>::bytes : FmaStream<T, D, Layout>::bytes;
-  auto kernel = shape.tensor_cores ? decode_mma_kernel<T, D, G, Q, O, Layout> : decode_kernel<T, D, G, Q, O, Layout>;
-  // (Raises the kernel's shared-memory limit on the first call for each kernel and device.)
-  int occupancy = 0;
-  if (shape.tensor_cores)
-    SIMCALKV_CUDA_TRY((kernel_occupancy<DecodeKernelTag<T, D, G, Q, O, Layout, true>>(kernel, smem, kDecodeThreads,
-                                                                                      &occupancy)));
-  else
-    SIMCALKV_CUDA_TRY((kernel_occupancy<DecodeKernelTag<T, D, G, Q, O, Layout, false>>(kernel, smem, kDecodeThreads,
-                                                                                       &occupancy)));
-  int splits = shape.splits;
-  if (splits <= 0) {
-    occupancy = std::clamp(occupancy, 1, work.blocks_bound);  // within the bound the workspace was sized by
-    splits = std::min(decode_choose_splits(shape, work.dev.sms, occupancy), work.max_splits);
-  }
+  static_assert(MmaTmaStream<T, D>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
   const float scale = io.scale != 0.0f ? io.scale : 1.0f / std::sqrt(static_cast<float>(D));
-  DecodeParams<T, Q, O, Layout> p{kv, io, splits, scale, work.acc, work.ml, work.tickets};
-  kernel<<<dim3(splits, shape.num_seqs), kDecodeThreads, smem, stream>>>(p);
-  return cudaGetLastError();
+  DecodeParams<T, Q, O, Layout> p{kv, io, 1, scale, work.acc, work.ml, work.tickets, {}, {}};
+  auto run = [&](auto kernel, std::size_t smem, auto tag) -> cudaError_t {
+    // (Raises the kernel's shared-memory limit on the first call for each kernel and device.)
+    int occupancy = 0;
+    SIMCALKV_CUDA_TRY((kernel_occupancy<decltype(tag)>(kernel, smem, kDecodeThreads, &occupancy)));
+    int splits = shape.splits;
+    if (splits <= 0) {
+      occupancy = std::clamp(occupancy, 1, work.blocks_bound);  // within the bound the workspace was sized by
+      splits = std::min(decode_choose_splits(shape, work.dev.sms, occupancy), work.max_splits);
+    }
+    p.splits = splits;
+    kernel<<<dim3(splits, shape.num_seqs), kDecodeThreads, smem, stream>>>(p);
+    return cudaGetLastError();
+  };
+  if (!shape.tensor_cores)
+    return run(decode_kernel<T, D, G, Q, O, Layout>, FmaStream<T, D, Layout>::bytes,
+               DecodeKernelTag<T, D, G, Q, O, Layout, 0>{});
+  if constexpr (std::is_same_v<Layout, RaggedLayout>) {
+    using Tag = DecodeKernelTag<T, D, G, Q, O, Layout, 2>;
+    auto tma_kernel = decode_mma_kernel<T, D, G, Q, O, Layout, true>;
+    if (shape.tma && work.dev.major >= 9 && kernel_has_sm90<Tag>(tma_kernel) &&
+        encode_row_map(&p.kmap, kv.keys, D, kv.key_stride) && encode_row_map(&p.vmap, kv.values, D, kv.value_stride))
+      return run(tma_kernel, MmaTmaStream<T, D>::bytes, Tag{});
+  }
+  return run(decode_mma_kernel<T, D, G, Q, O, Layout, false>, MmaStream<T, D, Layout>::bytes,
+             DecodeKernelTag<T, D, G, Q, O, Layout, 1>{});
 }
 
 template <class T, int D, class Q, class O, class Layout>
@@ -961,4 +1045,3 @@ cudaError_t decode_attention(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>&
 
 }  // namespace simcalkv::cuda
 
-#undef SIMCALKV_DECODE_BULK
