@@ -887,11 +887,14 @@ inline int decode_max_splits(const DecodeShape& shape, int sms, int blocks_per_s
 }
 
 /// Splits per sequence: the count that minimises a model of the time. Blocks run in waves of
-/// `slots` (SMs x occupancy), and every wave, the last one too, takes as long as a full one:
-/// (entries per block + a fixed cost). A partial wave does not saturate DRAM (on the H200, 152
-/// blocks of 16384 entries on 264 slots read at 0.69 of the rate of a full wave). On the H200 that
-/// picks the fastest of the measured counts: 1 split for 504 sequences of 8192, 2 for 120 of
-/// 32768.
+/// `slots` (SMs x the blocks per SM that it takes to keep an SM's share of DRAM busy), and every
+/// wave, the last one too, takes as long as a full one: (entries per block + a fixed cost). A
+/// single wave that fills less than 90% of the slots reads more slowly in proportion (on the H200,
+/// 152 cp.async blocks of 16384 entries on 264 slots read at 0.69 of the rate of a full wave;
+/// 72 TMA blocks leave 60 SMs idle). The cp.async kernels need their full occupancy per SM; one
+/// TMA block per SM reads at its SM's share. On the H200 this picks the fastest of the measured
+/// counts: for the TMA kernel 1 split for 504 sequences of 8192 and for 120 of 32768 (0.443
+/// against 0.460 ms with 2); for the cp.async kernel (2 blocks per SM) 1 and 2.
 inline int decode_choose_splits(const DecodeShape& shape, int sms, int blocks_per_sm) {
   if (shape.splits > 0) return shape.splits;
   const long long tile = shape.tensor_cores ? kMmaTile : kDecodeTile;
@@ -900,13 +903,14 @@ inline int decode_choose_splits(const DecodeShape& shape, int sms, int blocks_pe
   const long long seqs = std::max(1, shape.num_seqs), n = std::max(1, shape.max_length);
   const int most = decode_max_splits(shape, sms, blocks_per_sm);
   int best = 1;
-  long long best_cost = LLONG_MAX;
+  double best_cost = 0.0;
   for (int x = 1; x <= most; ++x) {
     const long long per = ceil_div(ceil_div(n, x), tile) * tile;  // as the kernels cut a sequence
-    const long long blocks = seqs * x, rest = blocks % slots;
-    const long long width = blocks / slots * slots + (rest > 0 ? slots : 0);
-    const long long cost = width * (per + kSplitOverhead);
-    if (cost < best_cost) best = x, best_cost = cost;  // ties: fewer splits
+    const long long blocks = seqs * x;
+    const double waves = static_cast<double>(ceil_div(blocks, slots));
+    const double fill = std::min(1.0, static_cast<double>(blocks) / (0.9 * static_cast<double>(slots)));
+    const double cost = waves * static_cast<double>(per + kSplitOverhead) / fill;
+    if (x == 1 || cost < best_cost) best = x, best_cost = cost;  // ties: fewer splits
   }
   return best;
 }
@@ -973,13 +977,14 @@ cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io
   static_assert(MmaTmaStream<T, D>::bytes >= sizeof(float) * (kDecodeThreads / 32) * 8 * D, "reduction fits");
   const float scale = io.scale != 0.0f ? io.scale : 1.0f / std::sqrt(static_cast<float>(D));
   DecodeParams<T, Q, O, Layout> p{kv, io, 1, scale, work.acc, work.ml, work.tickets, {}, {}};
-  auto run = [&](auto kernel, std::size_t smem, auto tag) -> cudaError_t {
+  // saturating: blocks per SM that keep its share of DRAM busy (0: the kernel's occupancy).
+  auto run = [&](auto kernel, std::size_t smem, auto tag, int saturating = 0) -> cudaError_t {
     // (Raises the kernel's shared-memory limit on the first call for each kernel and device.)
     int occupancy = 0;
     SIMCALKV_CUDA_TRY((kernel_occupancy<decltype(tag)>(kernel, smem, kDecodeThreads, &occupancy)));
     int splits = shape.splits;
     if (splits <= 0) {
-      occupancy = std::clamp(occupancy, 1, work.blocks_bound);  // within the bound the workspace was sized by
+      occupancy = std::clamp(saturating > 0 ? saturating : occupancy, 1, work.blocks_bound);  // (the workspace's bound)
       splits = std::min(decode_choose_splits(shape, work.dev.sms, occupancy), work.max_splits);
     }
     p.splits = splits;
@@ -994,7 +999,7 @@ cudaError_t decode_launch(const LayerKV<T, Layout>& kv, const DecodeIO<Q, O>& io
     auto tma_kernel = decode_mma_kernel<T, D, G, Q, O, Layout, true>;
     if (shape.tma && work.dev.major >= 9 && kernel_has_sm90<Tag>(tma_kernel) &&
         encode_row_map(&p.kmap, kv.keys, D, kv.key_stride) && encode_row_map(&p.vmap, kv.values, D, kv.value_stride))
-      return run(tma_kernel, MmaTmaStream<T, D>::bytes, Tag{});
+      return run(tma_kernel, MmaTmaStream<T, D>::bytes, Tag{}, /*saturating blocks per SM*/ 1);
   }
   return run(decode_mma_kernel<T, D, G, Q, O, Layout, false>, MmaStream<T, D, Layout>::bytes,
              DecodeKernelTag<T, D, G, Q, O, Layout, 1>{});
