@@ -5,8 +5,10 @@
 //  compress   all 32 layers of a Llama-3.1-8B-shaped cache (bf16, 8 KV heads, head dim 128, 32 query
 //             heads, window 32) at 32k tokens, one request: StreamingLLM, SnapKV, SimCalKV (local and
 //             exact search), AdaKV+SimCalKV; every repetition restores the cache first (untimed)
-//  decode     biased split-KV decode attention over the ragged and the paged layout, 8k-32k tokens
-//             per head, batches of about 2 GiB of K and V: bytes read / time against copy bandwidth
+//  decode     biased split-KV decode attention over the ragged and the paged layout, 2k-32k tokens
+//             per head, batches of about 2 GiB of K and V: bytes read / time against copy bandwidth;
+//             the ragged kernel with and without TMA, and its cp.async copies alone and plain loads
+//             of the same bytes (diagnostics)
 //  batch      one layer's decode attention for the batch that fits a fixed KV budget when the cache
 //             is compressed 1x, 2x, 4x, 8x (32k context); the dense part of the step comes from
 //             torch_baselines.py (same card, same run)
@@ -15,7 +17,8 @@
 //              [--decode-splits 0,4,16]
 //   (section "simcalkv": SimCalKV at keep 0.25 alone, with its stage profile; "simcalkv-parts": the
 //   same without the calibration and without merged keys; "profile-target": one call of each
-//   kernel for a profiler)
+//   kernel for a profiler; "stream-variants": decode's cp.async copies alone for other tile sizes,
+//   stage counts and block sizes, and plain loads of the same bytes)
 #include <simcalkv/cuda/simcalkv.cuh>
 
 #include <algorithm>
