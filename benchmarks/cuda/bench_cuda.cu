@@ -571,8 +571,12 @@ struct DecodeData {
     return ms;
   }
   /// The same for other tile sizes, stage counts and block sizes (splits for their occupancy).
+  struct StreamRun {
+    double ms;
+    int splits, blocks_per_sm;
+  };
   template <int kTile, int kStages, int kThreads>
-  double stream_variant_ms(int reps, int* splits_out) {
+  StreamRun stream_variant(int reps) {
     using Stream = sc::detail::KvStream<sc::bf16, 128, kTile, 136, kStages, kThreads, sc::RaggedLayout>;
     constexpr std::size_t smem = Stream::bytes;
     auto kernel = stream_only_kernel<sc::RaggedLayout, kTile, kStages, kThreads>;
@@ -582,12 +586,11 @@ struct DecodeData {
     CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     sc::DecodeShape shape{S, H, d, G, n};
     const int splits = sc::detail::decode_choose_splits(shape, sms, occ);
-    *splits_out = splits * 1000 + occ;
     int* sink = dalloc<int>(1);
     const auto l = kv(sc::RaggedLayout{offsets});
     const double ms = time_launches(reps, [&] { kernel<<<dim3(splits, S), kThreads, smem>>>(l, splits, sink); });
     CHECK_CUDA(cudaFree(sink));
-    return ms;
+    return StreamRun{ms, splits, occ};
   }
   double read_ceiling_ms(int reps) {
     int sms = 0;
@@ -604,36 +607,31 @@ struct DecodeData {
   }
 };
 
+template <int kTile, int kStages, int kThreads>
+void show_stream_variant(DecodeData& D, double copy_gbs) {
+  const auto r = D.stream_variant<kTile, kStages, kThreads>(30);
+  std::printf("stream n=%-6d tile %3d, %2d stages, %3d threads: %.3f ms (%.3f of copy), splits %d, %d blocks/SM\n",
+              D.n, kTile, kStages, kThreads, r.ms, D.bytes() / 1e9 / (r.ms * 1e-3) / copy_gbs, r.splits,
+              r.blocks_per_sm);
+}
+
 /// Diagnostic sweep: the decode kernel's copies alone for other tiles, stages and block sizes.
 void bench_stream_variants(double copy_gbs) {
   for (int n : {8192, 32768}) {
     const int reqs = std::max(1, static_cast<int>(2.0 * (1 << 30) / (8.0 * n * 516.0)));
     DecodeData D;
     D.allocate(reqs, n, false);
-    const double gb = D.bytes() / 1e9;
-    auto show = [&](const char* name, double ms, int so) {
-      std::printf("stream n=%-6d %-28s %.3f ms (%.3f of copy), splits %d, %d blocks/SM\n", n, name, ms,
-                  gb / (ms * 1e-3) / copy_gbs, so / 1000, so % 1000);
-    };
-    int so = 0;
-    double ms = D.stream_variant_ms<64, 3, 128>(30, &so);
-    show("tile 64, 3 stages, 128 thr", ms, so);
-    ms = D.stream_variant_ms<64, 4, 128>(30, &so);
-    show("tile 64, 4 stages, 128 thr", ms, so);
-    ms = D.stream_variant_ms<64, 6, 128>(30, &so);
-    show("tile 64, 6 stages, 128 thr", ms, so);
-    ms = D.stream_variant_ms<32, 6, 128>(30, &so);
-    show("tile 32, 6 stages, 128 thr", ms, so);
-    ms = D.stream_variant_ms<32, 4, 128>(30, &so);
-    show("tile 32, 4 stages, 128 thr", ms, so);
-    ms = D.stream_variant_ms<128, 3, 256>(30, &so);
-    show("tile 128, 3 stages, 256 thr", ms, so);
-    ms = D.stream_variant_ms<64, 3, 256>(30, &so);
-    show("tile 64, 3 stages, 256 thr", ms, so);
-    ms = D.stream_variant_ms<16, 12, 128>(30, &so);
-    show("tile 16, 12 stages, 128 thr", ms, so);
-    ms = D.read_ceiling_ms(30);
-    show("plain reads", ms, 0);
+    show_stream_variant<64, 3, 128>(D, copy_gbs);
+    show_stream_variant<64, 4, 128>(D, copy_gbs);
+    show_stream_variant<64, 6, 128>(D, copy_gbs);
+    show_stream_variant<32, 6, 128>(D, copy_gbs);
+    show_stream_variant<32, 4, 128>(D, copy_gbs);
+    show_stream_variant<128, 3, 256>(D, copy_gbs);
+    show_stream_variant<64, 3, 256>(D, copy_gbs);
+    show_stream_variant<16, 12, 128>(D, copy_gbs);
+    const double ms = D.read_ceiling_ms(30);
+    std::printf("stream n=%-6d plain 16-byte loads: %.3f ms (%.3f of copy)\n", n, ms,
+                D.bytes() / 1e9 / (ms * 1e-3) / copy_gbs);
     D.release();
   }
 }

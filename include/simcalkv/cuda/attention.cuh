@@ -9,16 +9,15 @@
 // read of K and V. Each sequence's entries are split over `splits` blocks (split-KV, as FlashInfer
 // and FlashDecoding do); a block streams its part through shared memory and keeps an online
 // softmax per query head; the last block of a sequence to finish combines the splits (no second
-// kernel). K and V rows arrive by 16-byte cp.async copies (Hopper bulk copies on request, see
-// SIMCALKV_DECODE_BULK), with the row addresses of a stage resolved a stage ahead, so that the
-// paged layout's page-table loads never stall the copies. Works over the ragged and the paged
-// layouts.
+// kernel). Over the ragged layout on sm_90 the TMA copies whole tiles (tma.cuh); otherwise K and V
+// rows arrive by 16-byte cp.async copies, with the paged layout's row addresses resolved a stage
+// ahead so that its page-table loads never stall the copies.
 //
 // The default kernel runs both products on the tensor cores (mma.sync m16n8k16): the G query
 // heads are the rows of A (padded to 16), 16 entries per warp and step; the probabilities stay in
-// registers (the accumulator layout of Q K^T is the A layout of P V) as a hi + lo pair of 16-bit
-// terms, so the result keeps about 16 significant bits of each probability. The CUDA-core kernel
-// (DecodeShape::tensor_cores = false) computes the same in float FMAs.
+// registers (the accumulator layout of Q K^T is the A layout of P V), as one 16-bit term for a
+// 16-bit output and as a hi + lo pair of 16-bit terms (about 16 significant bits) for a float
+// output. The CUDA-core kernel (DecodeShape::tensor_cores = false) computes the same in float FMAs.
 //
 //   DecodeShape shape{num_seqs, num_kv_heads, head_dim, group, max_length};
 //   std::size_t bytes = decode_workspace_bytes(shape);
