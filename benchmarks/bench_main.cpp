@@ -343,13 +343,13 @@ void bm_stream_read(benchmark::State& state) {
   double total = 0.0;
   for (auto _ : state) {
     const double start = now_seconds();
-    simcalkv::kernels::fbatch acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
-    constexpr std::size_t L = simcalkv::kernels::lanes;
+    xsimd::batch<float> acc0(0.0f), acc1(0.0f), acc2(0.0f), acc3(0.0f);
+    constexpr std::size_t L = xsimd::batch<float>::size;
     for (std::size_t i = 0; i + 4 * L <= src.size(); i += 4 * L) {
-      acc0 += simcalkv::kernels::fbatch::load_unaligned(src.data() + i);
-      acc1 += simcalkv::kernels::fbatch::load_unaligned(src.data() + i + L);
-      acc2 += simcalkv::kernels::fbatch::load_unaligned(src.data() + i + 2 * L);
-      acc3 += simcalkv::kernels::fbatch::load_unaligned(src.data() + i + 3 * L);
+      acc0 += xsimd::batch<float>::load_unaligned(src.data() + i);
+      acc1 += xsimd::batch<float>::load_unaligned(src.data() + i + L);
+      acc2 += xsimd::batch<float>::load_unaligned(src.data() + i + 2 * L);
+      acc3 += xsimd::batch<float>::load_unaligned(src.data() + i + 3 * L);
     }
     float sum = xsimd::hadd((acc0 + acc1) + (acc2 + acc3));
     benchmark::DoNotOptimize(sum);

@@ -10,6 +10,13 @@
 
 namespace simcalkv {
 
+namespace detail {
+/// Row widening and narrowing for HeadView's members, defined by kernels/convert.hpp (which
+/// every header that reads or writes rows includes): the kernels it calls include this header.
+template <class T>
+struct RowIO;
+}  // namespace detail
+
 /// Position of a token in the sequence: RoPE's position, never the physical cache slot.
 using Position = std::int32_t;
 
@@ -49,16 +56,16 @@ struct HeadView {
 
   /// Reads entry j's key (or value) widened to float into dst[0..head_dim).
   void load_key(std::size_t j, float* dst) const noexcept {
-    load_strided(key(j), key_dim_stride, dst, static_cast<std::size_t>(head_dim));
+    detail::RowIO<T>::load(key(j), key_dim_stride, dst, static_cast<std::size_t>(head_dim));
   }
   void load_value(std::size_t j, float* dst) const noexcept {
-    load_strided(value(j), value_dim_stride, dst, static_cast<std::size_t>(head_dim));
+    detail::RowIO<T>::load(value(j), value_dim_stride, dst, static_cast<std::size_t>(head_dim));
   }
   void store_key(std::size_t j, const float* src) const noexcept {
-    store_strided(src, key(j), key_dim_stride, static_cast<std::size_t>(head_dim));
+    detail::RowIO<T>::store(src, key(j), key_dim_stride, static_cast<std::size_t>(head_dim));
   }
   void store_value(std::size_t j, const float* src) const noexcept {
-    store_strided(src, value(j), value_dim_stride, static_cast<std::size_t>(head_dim));
+    detail::RowIO<T>::store(src, value(j), value_dim_stride, static_cast<std::size_t>(head_dim));
   }
 
   /// Moves entry `from` into slot `to` bit for bit (storage elements, bias, position, score).

@@ -7,6 +7,7 @@
 
 #include "simcalkv/error.hpp"
 #include "simcalkv/head_view.hpp"
+#include "simcalkv/kernels/convert.hpp"
 #include "simcalkv/numeric.hpp"
 
 #include <algorithm>

@@ -13,6 +13,7 @@
 #include "simcalkv/error.hpp"
 #include "simcalkv/executor.hpp"
 #include "simcalkv/head_view.hpp"
+#include "simcalkv/kernels/convert.hpp"
 #include "simcalkv/window.hpp"
 
 #include <algorithm>

@@ -15,6 +15,7 @@
 #pragma once
 
 #include "simcalkv/error.hpp"
+#include "simcalkv/kernels/convert.hpp"
 #include "simcalkv/numeric.hpp"
 
 #include <nlohmann/json.hpp>

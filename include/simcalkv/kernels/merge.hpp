@@ -3,7 +3,7 @@
 
 #include "simcalkv/head_view.hpp"
 #include "simcalkv/kernels/scoring.hpp"
-#include "simcalkv/kernels/simd.hpp"
+#include "simcalkv/kernels/dispatch.hpp"
 #include "simcalkv/policy.hpp"
 
 #include <algorithm>

@@ -7,21 +7,16 @@
 #pragma once
 
 #include "simcalkv/head_view.hpp"
-#include "simcalkv/kernels/simd.hpp"
+#include "simcalkv/kernels/convert.hpp"
+#include "simcalkv/kernels/dispatch.hpp"
 #include "simcalkv/policy.hpp"
 #include "simcalkv/window.hpp"
-
-#include <Eigen/Core>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 namespace simcalkv::kernels {
-
-using RowMajorMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using MatrixMap = Eigen::Map<RowMajorMatrix>;
-using ConstMatrixMap = Eigen::Map<const RowMajorMatrix>;
 
 /// Widens the head's keys into s.keys [n][d] and their inverse norms into s.inv_norms.
 template <StorageElement T>
@@ -72,10 +67,7 @@ void score_window(const HeadView<T>& head, const WindowView& window, int kv_head
   s.mass.assign(n, 0.0f);
   if (R == 0 || n == 0) return;
 
-  MatrixMap logits(s.probs.data(), static_cast<Eigen::Index>(R), static_cast<Eigen::Index>(n));
-  ConstMatrixMap q(s.queries.data(), static_cast<Eigen::Index>(R), static_cast<Eigen::Index>(d));
-  ConstMatrixMap k(s.keys.data(), static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(d));
-  logits.noalias() = q * k.transpose();
+  gemm_nt(s.queries.data(), R, s.keys.data(), n, d, s.probs.data(), n);  // logits [R][n]
 
   // One pass per row while it is in cache: bias and mask, max, exp, then the row's share of the
   // column sums. Rows are added in row order, a fixed summation order: results are reproducible.
@@ -112,7 +104,7 @@ inline float log_window_mass(const float* key, Position position, const HeadScra
   for (; r + 8 <= R; r += 8) {
     const float* rows[8];
     for (std::size_t k = 0; k < 8; ++k) rows[k] = s.queries.data() + (r + k) * d;
-    dot_block<8, 1>(rows, &key, d, buffer + r);
+    dot8(rows, key, d, buffer + r);
   }
   for (; r < R; ++r) buffer[r] = dot(s.queries.data() + r * d, key, d);
   float best = neg_inf;

@@ -1,124 +1,194 @@
-// simcalkv: the few vector primitives the kernels are built from, on xsimd's batch<float>.
+// simcalkv: the vector primitives the kernels are built from, written once on xsimd::batch<float, A>.
 //
-// One code path; the architecture is xsimd's default for the translation unit (AVX2 when built
-// with -march=native on such a CPU, SSE2 on a plain x86-64 build), with a scalar tail.
+// Every function is a template on the architecture A (xsimd::sse2, xsimd::fma3<xsimd::avx2>,
+// xsimd::avx512bw, xsimd::neon64, ...) and correct for any lane count, with a scalar tail. Nothing
+// here is called directly by policies: they call the dispatched entry points of dispatch.hpp,
+// which run these for the architecture chosen at run time.
 #pragma once
 
-#include <xsimd/xsimd.hpp>
+#include "simcalkv/kernels/arch_shim.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
 
-namespace simcalkv::kernels {
-
-using fbatch = xsimd::batch<float>;
-inline constexpr std::size_t lanes = fbatch::size;
+namespace simcalkv::kernels::simd {
 
 /// sum_i a[i] * b[i]
+template <class A>
 inline float dot(const float* a, const float* b, std::size_t n) noexcept {
-  fbatch acc0(0.0f), acc1(0.0f);
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  B acc0(0.0f), acc1(0.0f);
   std::size_t i = 0;
-  for (; i + 2 * lanes <= n; i += 2 * lanes) {
-    acc0 = xsimd::fma(fbatch::load_unaligned(a + i), fbatch::load_unaligned(b + i), acc0);
-    acc1 = xsimd::fma(fbatch::load_unaligned(a + i + lanes), fbatch::load_unaligned(b + i + lanes), acc1);
+  for (; i + 2 * L <= n; i += 2 * L) {
+    acc0 = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), acc0);
+    acc1 = xsimd::fma(B::load_unaligned(a + i + L), B::load_unaligned(b + i + L), acc1);
   }
-  for (; i + lanes <= n; i += lanes)
-    acc0 = xsimd::fma(fbatch::load_unaligned(a + i), fbatch::load_unaligned(b + i), acc0);
+  for (; i + L <= n; i += L) acc0 = xsimd::fma(B::load_unaligned(a + i), B::load_unaligned(b + i), acc0);
   float sum = xsimd::hadd(acc0 + acc1);
   for (; i < n; ++i) sum += a[i] * b[i];
   return sum;
 }
 
 /// y += alpha * x
+template <class A>
 inline void axpy(float alpha, const float* x, float* y, std::size_t n) noexcept {
-  const fbatch a(alpha);
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  const B a(alpha);
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes)
-    xsimd::fma(a, fbatch::load_unaligned(x + i), fbatch::load_unaligned(y + i)).store_unaligned(y + i);
+  for (; i + L <= n; i += L) xsimd::fma(a, B::load_unaligned(x + i), B::load_unaligned(y + i)).store_unaligned(y + i);
   for (; i < n; ++i) y[i] += alpha * x[i];
 }
 
 /// y += alpha * x and z += beta * x in one pass over x (the same arithmetic as two axpy calls).
+template <class A>
 inline void axpy2(float alpha, float beta, const float* x, float* y, float* z, std::size_t n) noexcept {
-  const fbatch a(alpha), b(beta);
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  const B a(alpha), b(beta);
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) {
-    const fbatch xv = fbatch::load_unaligned(x + i);
-    xsimd::fma(a, xv, fbatch::load_unaligned(y + i)).store_unaligned(y + i);
-    xsimd::fma(b, xv, fbatch::load_unaligned(z + i)).store_unaligned(z + i);
+  for (; i + L <= n; i += L) {
+    const B xv = B::load_unaligned(x + i);
+    xsimd::fma(a, xv, B::load_unaligned(y + i)).store_unaligned(y + i);
+    xsimd::fma(b, xv, B::load_unaligned(z + i)).store_unaligned(z + i);
   }
-  for (; i < n; ++i) y[i] += alpha * x[i];
-  for (std::size_t k = n - n % lanes; k < n; ++k) z[k] += beta * x[k];
+  for (std::size_t k = i; k < n; ++k) y[k] += alpha * x[k];
+  for (std::size_t k = i; k < n; ++k) z[k] += beta * x[k];
 }
 
 /// y *= alpha
+template <class A>
 inline void scale(float alpha, float* y, std::size_t n) noexcept {
-  const fbatch a(alpha);
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  const B a(alpha);
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) (a * fbatch::load_unaligned(y + i)).store_unaligned(y + i);
+  for (; i + L <= n; i += L) (a * B::load_unaligned(y + i)).store_unaligned(y + i);
   for (; i < n; ++i) y[i] *= alpha;
 }
 
 /// max_i x[i]; -inf for n == 0
+template <class A>
 inline float max_of(const float* x, std::size_t n) noexcept {
-  fbatch m(-std::numeric_limits<float>::infinity());
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  B m(-std::numeric_limits<float>::infinity());
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) m = xsimd::max(m, fbatch::load_unaligned(x + i));
-  alignas(64) float tmp[lanes];
+  for (; i + L <= n; i += L) m = xsimd::max(m, B::load_unaligned(x + i));
+  alignas(64) float tmp[L];
   m.store_aligned(tmp);
   float best = tmp[0];
-  for (std::size_t l = 1; l < lanes; ++l) best = std::max(best, tmp[l]);
-  for (; i < n; ++i) best = std::max(best, x[i]);
+  for (std::size_t l = 1; l < L; ++l) best = tmp[l] > best ? tmp[l] : best;
+  for (; i < n; ++i) best = x[i] > best ? x[i] : best;
   return best;
 }
 
-/// x[i] = exp(x[i] - shift); returns the sum. exp(-inf) is 0, so masked logits drop out.
+/// x[i] = exp(x[i] - shift); returns the sum. exp(-inf) is 0, so masked logits drop out. The tail
+/// goes through the vector exp too (padded), so every element is rounded the same way.
+template <class A>
 inline float exp_shifted_sum(float* x, float shift, std::size_t n) noexcept {
-  const fbatch s(shift);
-  fbatch acc(0.0f);
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  const B s(shift);
+  B acc(0.0f);
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) {
-    const fbatch e = xsimd::exp(fbatch::load_unaligned(x + i) - s);
+  for (; i + L <= n; i += L) {
+    const B e = xsimd::exp(B::load_unaligned(x + i) - s);
     e.store_unaligned(x + i);
     acc += e;
   }
-  float sum = xsimd::hadd(acc);
-  for (; i < n; ++i) {
-    x[i] = std::exp(x[i] - shift);
-    sum += x[i];
+  if (i < n) {
+    alignas(64) float tmp[L];
+    for (std::size_t l = 0; l < L; ++l) tmp[l] = i + l < n ? x[i + l] : -std::numeric_limits<float>::infinity();
+    const B e = xsimd::exp(B::load_aligned(tmp) - s);
+    e.store_aligned(tmp);
+    acc += e;
+    for (std::size_t l = 0; i + l < n; ++l) x[i + l] = tmp[l];
   }
-  return sum;
+  return xsimd::hadd(acc);
 }
 
-/// Dot products of NA rows a[0..NA) with NB rows b[0..NB), all of length n:
-/// out[ia * NB + ib] = sum_i a[ia][i] * b[ib][i]. NA * NB == 8: eight accumulators in registers,
-/// each row of a and b loaded once per step for all its partners (a register-blocked GEMM
-/// micro-kernel over gathered rows; no copies). Sums differ from dot() in the last bits only.
-template <int NA, int NB>
-inline void dot_block(const float* const* a, const float* const* b, std::size_t n, float* out) noexcept {
-  static_assert(NA * NB == 8, "dot_block computes eight dot products");
-  fbatch acc[8];
-  for (auto& x : acc) x = fbatch(0.0f);
+/// out[r] = sum_i rows[r][i] * x[i] for r < 8: eight dot products sharing each load of x, eight
+/// accumulators in registers. Sums differ from dot() in the last bits only.
+template <class A>
+inline void dot8(const float* const* rows, const float* x, std::size_t n, float* out) noexcept {
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  B acc[8];
+  for (auto& v : acc) v = B(0.0f);
   std::size_t i = 0;
-  for (; i + lanes <= n; i += lanes) {
-    fbatch bv[NB];
-    for (int jb = 0; jb < NB; ++jb) bv[jb] = fbatch::load_unaligned(b[jb] + i);
-    for (int ia = 0; ia < NA; ++ia) {
-      const fbatch av = fbatch::load_unaligned(a[ia] + i);
-      for (int jb = 0; jb < NB; ++jb) acc[ia * NB + jb] = xsimd::fma(av, bv[jb], acc[ia * NB + jb]);
-    }
+  for (; i + L <= n; i += L) {
+    const B xv = B::load_unaligned(x + i);
+    for (int r = 0; r < 8; ++r) acc[r] = xsimd::fma(B::load_unaligned(rows[r] + i), xv, acc[r]);
   }
-  if constexpr (lanes == 8) {
-    xsimd::haddp(acc).store_unaligned(out);
+  if constexpr (L == 8) {
+    shim::hadd_rows<A>(acc).store_unaligned(out);
   } else {
-    for (int k = 0; k < 8; ++k) out[k] = xsimd::hadd(acc[k]);
+    for (int r = 0; r < 8; ++r) out[r] = xsimd::hadd(acc[r]);
   }
   for (; i < n; ++i)
-    for (int ia = 0; ia < NA; ++ia)
-      for (int jb = 0; jb < NB; ++jb) out[ia * NB + jb] += a[ia][i] * b[jb][i];
+    for (int r = 0; r < 8; ++r) out[r] += rows[r][i] * x[i];
 }
 
-inline float squared_norm(const float* x, std::size_t n) noexcept { return dot(x, x, n); }
+/// Widens n contiguous halves (IEEE bits) to float.
+template <class A>
+inline void widen_half(const std::uint16_t* src, float* dst, std::size_t n) noexcept {
+  constexpr std::size_t L = fbatch_t<A>::size;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) shim::load_half<A>(src + i).store_unaligned(dst + i);
+  for (; i < n; ++i) dst[i] = shim::half_bits_to_float<A>(src[i]);
+}
 
-}  // namespace simcalkv::kernels
+/// Widens n contiguous bfloat16 values to float.
+template <class A>
+inline void widen_bf16(const std::uint16_t* src, float* dst, std::size_t n) noexcept {
+  constexpr std::size_t L = fbatch_t<A>::size;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) shim::load_bf16<A>(src + i).store_unaligned(dst + i);
+  for (; i < n; ++i) dst[i] = shim::bf16_bits_to_float<A>(src[i]);
+}
+
+/// Narrows n floats to contiguous halves, round to nearest even. A block holding a NaN is left
+/// for the caller: returns how many elements were written (a prefix).
+template <class A>
+inline std::size_t narrow_half(const float* src, std::uint16_t* dst, std::size_t n) noexcept {
+  using B = fbatch_t<A>;
+  constexpr std::size_t L = B::size;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) {
+    const B x = B::load_unaligned(src + i);
+    if (xsimd::any(xsimd::isnan(x))) return i;
+    shim::store_half<A>(x, dst + i);
+  }
+  for (; i < n; ++i) {
+    if (std::isnan(src[i])) return i;
+    dst[i] = shim::float_to_half_bits<A>(src[i]);
+  }
+  return n;
+}
+
+/// Narrows n floats to contiguous bfloat16, round to nearest even; stops at a NaN like narrow_half.
+template <class A>
+inline std::size_t narrow_bf16(const float* src, std::uint16_t* dst, std::size_t n) noexcept {
+  using B = fbatch_t<A>;
+  using U = ubatch_t<A>;
+  constexpr std::size_t L = B::size;
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) {
+    const B x = B::load_unaligned(src + i);
+    if (xsimd::any(xsimd::isnan(x))) return i;
+    const U bits = xsimd::bitwise_cast<U>(x);
+    const U rounded = (bits + U(0x7fffu) + ((bits >> 16) & U(1u))) >> 16;
+    shim::store_low16<A>(rounded, dst + i);
+  }
+  for (; i < n; ++i) {
+    if (std::isnan(src[i])) return i;
+    dst[i] = shim::float_to_bf16_bits<A>(src[i]);
+  }
+  return n;
+}
+
+}  // namespace simcalkv::kernels::simd

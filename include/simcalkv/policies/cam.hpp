@@ -21,7 +21,7 @@
 
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
-#include "simcalkv/kernels/simd.hpp"
+#include "simcalkv/kernels/dispatch.hpp"
 #include "simcalkv/policies/simcalkv.hpp"
 #include "simcalkv/policy.hpp"
 #include "simcalkv/policy_options.hpp"
