@@ -10,6 +10,10 @@
 //       of the 4 query heads of each of the 8 KV heads, over round(keep * n) entries per head.
 //       Several copies of the layer are cycled so at least 128 MiB is touched between two visits
 //       of the same copy: the cache comes from DRAM, as in a real model with many layers.
+//   BM_CompressArch/<arch>/SimCalKV/32768/<keep>, BM_DecodeArch/<arch>/<n>/100
+//       the same on each kernel table this CPU runs (sse2, avx2, avx512bw, neon64), set for the
+//       benchmark with ScopedKernelTable; the others run on the table chosen at run time
+//       (context kernel_arch; SIMCALKV_ARCH=<name> caps it).
 //   BM_StreamCopy/<bytes>                     memcpy of a buffer (the copy bandwidth).
 //   BM_StreamRead/<bytes>                     a read-only pass (sum) over a buffer.
 //   BM_Gemm/<m>/<n>/<k>                       Eigen float C = A * B (the GEMM rate).
@@ -229,7 +233,9 @@ void set_rates(benchmark::State& state, double seconds, double entries, double b
   }
 }
 
-void bm_compress(benchmark::State& state, const std::string& spec, std::size_t n, int keep_percent) {
+void bm_compress(benchmark::State& state, const std::string& spec, std::size_t n, int keep_percent,
+                 const simcalkv::kernels::KernelTable& table = simcalkv::kernels::active()) {
+  const simcalkv::kernels::ScopedKernelTable kernels(table);
   const LayerData& data = layer_data(n);
   const simcalkv::AnyPolicy policy = simcalkv::make_policy(spec);
   Layer layer(data, n);
@@ -283,7 +289,9 @@ void bm_compress(benchmark::State& state, const std::string& spec, std::size_t n
   state.SetLabel("flops model: " + model);
 }
 
-void bm_decode(benchmark::State& state, std::size_t n, int keep_percent) {
+void bm_decode(benchmark::State& state, std::size_t n, int keep_percent,
+               const simcalkv::kernels::KernelTable& table = simcalkv::kernels::active()) {
+  const simcalkv::kernels::ScopedKernelTable kernels(table);
   const LayerData& data = layer_data(n);
   const auto length = static_cast<std::size_t>(std::llround(keep_percent * static_cast<double>(n) / 100.0));
   const double layer_bytes = kv_heads * static_cast<double>(length) * (2.0 * head_dim * sizeof(bfloat16) + sizeof(float));
@@ -384,6 +392,16 @@ std::string bench_label(const std::string& spec) {
   return out;
 }
 
+/// "fma3+avx2" -> "avx2", "arm64+neon" -> "neon64": names without characters the benchmark filter treats specially.
+std::string arch_label(std::string_view arch) {
+  if (arch == "fma3+avx2") return "avx2";
+  if (arch == "arm64+neon") return "neon64";
+  std::string out(arch);
+  for (auto& c : out)
+    if (c == '+' || c == '<' || c == '>') c = '_';
+  return out;
+}
+
 void register_all(bool full_grid) {
   const std::vector<std::size_t> sizes = {4096, 16384, 32768};
   const std::vector<int> keeps = {50, 25, 10};
@@ -414,6 +432,23 @@ void register_all(bool full_grid) {
           ->Unit(benchmark::kMicrosecond)
           ->Repetitions(3);
     }
+  // The same targets on every kernel table this CPU runs, in the same run: the architectures compare.
+  for (const simcalkv::kernels::KernelTable* table : simcalkv::kernels::runnable_tables()) {
+    const std::string arch = arch_label(table->arch);
+    for (int keep : keeps) {
+      const std::string name = "BM_CompressArch/" + arch + "/SimCalKV/32768/" + std::to_string(keep);
+      benchmark::RegisterBenchmark(name.c_str(), [keep, table](benchmark::State& st) {
+        bm_compress(st, "SimCalKV", 32768, keep, *table);
+      })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);
+    }
+    for (std::size_t n : {std::size_t{4096}, std::size_t{32768}}) {
+      const std::string name = "BM_DecodeArch/" + arch + "/" + std::to_string(n) + "/100";
+      benchmark::RegisterBenchmark(name.c_str(), [n, table](benchmark::State& st) { bm_decode(st, n, 100, *table); })
+          ->UseManualTime()
+          ->Unit(benchmark::kMicrosecond)
+          ->Repetitions(3);
+    }
+  }
   benchmark::RegisterBenchmark("BM_StreamCopy", bm_stream_copy)
       ->Arg(1 << 20)
       ->Arg(16 << 20)
@@ -453,6 +488,10 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&count, args.data());
   if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
   benchmark::AddCustomContext("shape", "Llama-3.1-8B layer: 8 KV heads, 32 query heads, head_dim 128, bf16");
+  std::string runnable;
+  for (const auto* t : simcalkv::kernels::runnable_tables()) runnable += std::string(runnable.empty() ? "" : ",") + t->arch;
+  benchmark::AddCustomContext("kernel_arch", simcalkv::kernels::active().arch);
+  benchmark::AddCustomContext("kernel_archs_runnable", runnable);
   benchmark::AddCustomContext("threads", "1 (Eigen::setNbThreads(1), sequential executor)");
   benchmark::AddCustomContext("clock", use_wall_clock() ? "steady_clock" : "thread CPU time");
   benchmark::RunSpecifiedBenchmarks();

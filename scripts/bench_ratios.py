@@ -7,6 +7,8 @@ Targets, all ratios inside one run (so one machine, one load level):
   2. decode bw  BM_DecodeAttention/<n>/100 for n >= 4096 reads K, V and bias at >= 70% of the copy
                 bandwidth.
   3. decode f   BM_DecodeAttention/<n>/<f> takes <= 1.1 * f * the time of BM_DecodeAttention/<n>/100.
+  4. arch       on every kernel table the CPU runs (BM_CompressArch/<arch>/..., BM_DecodeArch/<arch>/...,
+                same run): each one's ratios as above, and AVX-512 no slower than AVX2 (time ratio <= 1).
 
 Copy bandwidth: the largest BM_StreamCopy (a DRAM-sized buffer, since the layers measured do not
 fit in the caches), as bytes copied per second (plain memcpy bandwidth). The compression roofline
@@ -72,10 +74,8 @@ def main(argv):
     # 1. compression roofline
     print("compression: time / roofline, roofline = max(bytes / copy traffic rate, flops / GEMM rate)")
     print(f"  {'benchmark':42s} {'seconds':>9s} {'mem s':>9s} {'flop s':>9s} {'ratio':>7s}")
-    for key in sorted(runs, key=lambda k: (k[1] if len(k) > 1 else "", int(k[2]) if len(k) > 2 else 0,
-                                           -int(k[3]) if len(k) > 3 else 0)):
-        if key[0] != "BM_Compress" or len(key) != 4:
-            continue
+    for key in sorted((k for k in runs if k[0] == "BM_Compress" and len(k) == 4),
+                      key=lambda k: (k[1], int(k[2]), -int(k[3]))):
         b = runs[key]
         mem = b.get("bytes", 0.0) / traffic_bw
         flop = b.get("flops", 0.0) / gemm_rate
@@ -117,6 +117,43 @@ def main(argv):
         results.append(("decode time <= 1.1 f full", f"BM_DecodeAttention/{n}/{keep}", ratio, "<= 1.10", ok))
         print(f"  BM_DecodeAttention/{n}/{keep:<3d}  ratio {ratio:5.2f}  {'PASS' if ok else 'FAIL'}")
     print()
+
+    # 4. the kernel tables side by side
+    arch_order = ["sse2", "avx2", "avx512bw", "neon64"]
+    archs = sorted({k[1] for k in runs if k[0] in ("BM_CompressArch", "BM_DecodeArch")},
+                   key=lambda a: arch_order.index(a) if a in arch_order else len(arch_order))
+    if archs:
+        print("kernel tables, same run: decode bytes/s / copy bandwidth; SimCalKV 32k compression time / roofline")
+        print(f"  {'arch':10s} {'decode 4k':>10s} {'decode 32k':>11s} {'comp 50%':>10s} {'comp 25%':>10s} {'comp 10%':>10s}")
+        table = {}
+        for a in archs:
+            row = []
+            for n in ("4096", "32768"):
+                b = runs.get(("BM_DecodeArch", a, n, "100"))
+                row.append(b["bytes_per_second"] / copy_bw if b else None)
+                table[(a, "decode", n)] = b["seconds"] if b else None
+            for keep in ("50", "25", "10"):
+                b = runs.get(("BM_CompressArch", a, "SimCalKV", "32768", keep))
+                if b:
+                    roof = max(b.get("bytes", 0.0) / traffic_bw, b.get("flops", 0.0) / gemm_rate)
+                    row.append(b["seconds"] / roof if roof > 0 else None)
+                    table[(a, "compress", keep)] = b["seconds"]
+                else:
+                    row.append(None)
+            cells = " ".join(f"{x:10.2f}" if x is not None else f"{'-':>10s}" for x in row)
+            print(f"  {a:10s} {cells}")
+        if "avx2" in archs and "avx512bw" in archs:
+            print("  avx512bw time / avx2 time:")
+            for kind, cases in (("decode", ("4096", "32768")), ("compress", ("50", "25", "10"))):
+                for c in cases:
+                    t512, t2 = table.get(("avx512bw", kind, c)), table.get(("avx2", kind, c))
+                    if t512 and t2:
+                        ratio = t512 / t2
+                        ok = ratio <= 1.0
+                        label = f"{kind} {'n=' + c if kind == 'decode' else 'keep ' + c + '% at 32k'}"
+                        results.append(("avx512 no slower than avx2", label, ratio, "<= 1.00", ok))
+                        print(f"    {label:22s} {ratio:5.2f}  {'PASS' if ok else 'FAIL'}")
+        print()
 
     print("summary")
     for target, case, measured, limit, ok in results:
