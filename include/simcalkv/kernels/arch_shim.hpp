@@ -51,6 +51,10 @@ inline constexpr bool is_sse2 = XSIMD_WITH_SSE2 && std::is_base_of_v<xsimd::sse2
 template <class A>
 inline constexpr bool is_neon64 = XSIMD_WITH_NEON64 && std::is_base_of_v<xsimd::neon64, A>;
 
+/// Vector registers the architecture has: register-blocked kernels size their tiles by it.
+template <class A>
+inline constexpr int vector_registers = is_avx512<A> || is_neon64<A> ? 32 : 16;
+
 // F16C is a separate CPUID bit; every AVX2 CPU has it, and the avx2 variant is built with -mf16c.
 #if defined(__F16C__)
 inline constexpr bool has_f16c = true;

@@ -30,19 +30,19 @@ inline void pack_panel(const float* const* rows, std::size_t m, std::size_t k, f
   }
 }
 
-/// acc[r * NP + t] = sum_i a[r][i] * panel_t[i][.] for 4 rows of A and NP panels.
-template <class A, int NP>
+/// acc[r * NP + t] = sum_i a[r][i] * panel_t[i][.] for MR rows of A and NP panels.
+template <class A, int NP, int MR = 4>
 inline void panel_products(const float* const* a, const float* const* panels, std::size_t k, fbatch_t<A>* acc) noexcept {
   using B = fbatch_t<A>;
   constexpr std::size_t L = B::size;
-  for (int x = 0; x < 4 * NP; ++x) acc[x] = B(0.0f);
+  for (int x = 0; x < MR * NP; ++x) acc[x] = B(0.0f);
   for (std::size_t i = 0; i < k; ++i) {
     B pv[NP];
     for (int t = 0; t < NP; ++t) {
       pv[t] = B::load_unaligned(panels[t] + i * L);
       shim::pin<A>(pv[t]);
     }
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < MR; ++r) {
       const B c(a[r][i]);
       for (int t = 0; t < NP; ++t) acc[r * NP + t] = xsimd::fma(c, pv[t], acc[r * NP + t]);
     }
@@ -72,6 +72,8 @@ template <class A>
 inline void gemm_nt(const GemmArgs& g) noexcept {
   using B = fbatch_t<A>;
   constexpr std::size_t L = B::size;
+  // Rows of A per micro-tile: MR x 3 accumulators, 3 panel vectors and a broadcast fit the registers.
+  constexpr int MR = shim::vector_registers<A> >= 32 ? 8 : 4;
   const std::size_t k = g.k;
   const std::size_t total_panels = (g.n + L - 1) / L;
   for (std::size_t p0 = 0; p0 < total_panels; p0 += gemm_block_panels) {
@@ -83,16 +85,16 @@ inline void gemm_nt(const GemmArgs& g) noexcept {
       for (std::size_t l = 0; l < L; ++l) rows[l] = g.b + (j0 + std::min(l, m - 1)) * k;
       pack_panel<A>(rows, m, k, g.pack + p * L * k);
     }
-    for (std::size_t r0 = 0; r0 < g.m; r0 += 4) {
-      const std::size_t rows_here = std::min<std::size_t>(4, g.m - r0);
-      const float* a[4];
-      for (std::size_t r = 0; r < 4; ++r) a[r] = g.a + (r0 + std::min(r, rows_here - 1)) * k;
+    for (std::size_t r0 = 0; r0 < g.m; r0 += MR) {
+      const std::size_t rows_here = std::min<std::size_t>(MR, g.m - r0);
+      const float* a[MR];
+      for (std::size_t r = 0; r < static_cast<std::size_t>(MR); ++r) a[r] = g.a + (r0 + std::min(r, rows_here - 1)) * k;
       auto step = [&](auto np_constant, std::size_t p) {
         constexpr int NP = decltype(np_constant)::value;
         const float* panels[NP];
         for (int t = 0; t < NP; ++t) panels[t] = g.pack + (p + static_cast<std::size_t>(t)) * L * k;
-        B acc[4 * NP];
-        panel_products<A, NP>(a, panels, k, acc);
+        B acc[MR * NP];
+        panel_products<A, NP, MR>(a, panels, k, acc);
         for (std::size_t r = 0; r < rows_here; ++r)
           for (int t = 0; t < NP; ++t) {
             const std::size_t j0 = (p0 + p + static_cast<std::size_t>(t)) * L;
