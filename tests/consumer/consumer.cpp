@@ -20,6 +20,7 @@ int main() {
   request.budget = simcalkv::Budget::compress_ratio(0.5);
   simcalkv::Workspace ws;
   const auto stats = simcalkv::SimCalKV().compress(request, ws);
-  std::printf("consumer: %zu -> %zu entries\n", stats.entries_before, stats.entries_after);
+  std::printf("consumer: %zu -> %zu entries, kernels: %s\n", stats.entries_before, stats.entries_after,
+              simcalkv::kernels::active().arch);
   return stats.entries_after == 32 ? 0 : 1;
 }
