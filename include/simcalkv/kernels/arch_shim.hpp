@@ -31,6 +31,16 @@
 #define SIMCALKV_NEON 0
 #endif
 
+/// Fully unrolls the loop that follows (constant trip count over register-blocked accumulators), so
+/// the accumulators live in registers at -O2 too, where GCC would otherwise keep them in memory.
+#if defined(__clang__)
+#define SIMCALKV_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define SIMCALKV_UNROLL _Pragma("GCC unroll 64")
+#else
+#define SIMCALKV_UNROLL
+#endif
+
 namespace simcalkv::kernels {
 
 template <class A>

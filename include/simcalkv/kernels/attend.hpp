@@ -152,6 +152,7 @@ inline void attend_tile_blocked(const HeadView<T>& head, std::size_t j0, std::si
 
   for (std::size_t t = 0; t < m; t += NE) {
     const T* kp[NE];
+    SIMCALKV_UNROLL
     for (int e = 0; e < NE; ++e) kp[e] = key(j0 + (t + static_cast<std::size_t>(e) < m ? t + static_cast<std::size_t>(e) : m - 1));
     if (prefetch) {
       // The first row group of a tile prefetches the tile's values (read in columns below, which
@@ -170,10 +171,13 @@ inline void attend_tile_blocked(const HeadView<T>& head, std::size_t j0, std::si
     for (auto& s : sums) s = B(0.0f);
     for (std::size_t b = 0; b < d; b += 2 * L) {
       B k0[NE], k1[NE];
+      SIMCALKV_UNROLL
       for (int e = 0; e < NE; ++e) load_block<A>(kp[e] + b, k0[e], k1[e]);
+      SIMCALKV_UNROLL
       for (int r = 0; r < NR; ++r) {
         const B q0 = B::load_unaligned(q + static_cast<std::size_t>(r) * d + b);
         const B q1 = B::load_unaligned(q + static_cast<std::size_t>(r) * d + b + L);
+        SIMCALKV_UNROLL
         for (int e = 0; e < NE; ++e) sums[r * NE + e] = xsimd::fma(q1, k1[e], xsimd::fma(q0, k0[e], sums[r * NE + e]));
       }
     }
@@ -181,10 +185,12 @@ inline void attend_tile_blocked(const HeadView<T>& head, std::size_t j0, std::si
     if constexpr ((NR * NE) % L == 0) {
       for (std::size_t x = 0; x < static_cast<std::size_t>(NR * NE); x += L) shim::hadd_rows<A>(sums + x).store_aligned(dots + x);
     } else {
+      SIMCALKV_UNROLL
       for (int x = 0; x < NR * NE; ++x) dots[x] = xsimd::hadd(sums[x]);
     }
     for (int e = 0; e < NE && t + static_cast<std::size_t>(e) < m; ++e) {
       const std::size_t j = j0 + t + static_cast<std::size_t>(e);
+      SIMCALKV_UNROLL
       for (int r = 0; r < NR; ++r) {
         const bool visible = !limits || head.positions[j] <= limits[r];
         logits[static_cast<std::size_t>(r) * tile + t + static_cast<std::size_t>(e)] =
@@ -193,11 +199,13 @@ inline void attend_tile_blocked(const HeadView<T>& head, std::size_t j0, std::si
     }
   }
   if (all_logits)
+    SIMCALKV_UNROLL
     for (int r = 0; r < NR; ++r)
       for (std::size_t t = 0; t < m; ++t)
         all_logits[static_cast<std::size_t>(r) * all_stride + j0 + t] = logits[static_cast<std::size_t>(r) * tile + t];
 
   bool any = false;
+  SIMCALKV_UNROLL
   for (int r = 0; r < NR; ++r)
     any |= softmax_update<A>(logits + static_cast<std::size_t>(r) * tile, m, acc + static_cast<std::size_t>(r) * d,
                              running_max[r], running_sum[r], d);
@@ -206,6 +214,7 @@ inline void attend_tile_blocked(const HeadView<T>& head, std::size_t j0, std::si
   // Values: per block of 2L dims, NR x 2 accumulators stay in registers over the tile.
   for (std::size_t b = 0; b < d; b += 2 * L) {
     B a0[NR], a1[NR];
+    SIMCALKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       a0[r] = B::load_unaligned(acc + static_cast<std::size_t>(r) * d + b);
       a1[r] = B::load_unaligned(acc + static_cast<std::size_t>(r) * d + b + L);
@@ -213,12 +222,14 @@ inline void attend_tile_blocked(const HeadView<T>& head, std::size_t j0, std::si
     for (std::size_t t = 0; t < m; ++t) {
       B v0, v1;
       load_block<A>(value(j0 + t) + b, v0, v1);
+      SIMCALKV_UNROLL
       for (int r = 0; r < NR; ++r) {
         const B p(logits[static_cast<std::size_t>(r) * tile + t]);
         a0[r] = xsimd::fma(p, v0, a0[r]);
         a1[r] = xsimd::fma(p, v1, a1[r]);
       }
     }
+    SIMCALKV_UNROLL
     for (int r = 0; r < NR; ++r) {
       a0[r].store_unaligned(acc + static_cast<std::size_t>(r) * d + b);
       a1[r].store_unaligned(acc + static_cast<std::size_t>(r) * d + b + L);
@@ -256,6 +267,7 @@ inline void attend(const HeadView<T>& head, const AttentionRows& rows, const Att
     float* dst = q + r * d;
     if (blocked && storage_interleaved<T>) {
       for (std::size_t b = 0; b < d; b += 2 * L)
+        SIMCALKV_UNROLL
         for (std::size_t k = 0; k < L; ++k) {
           dst[b + k] = scale_factor * src[b + 2 * k];
           dst[b + L + k] = scale_factor * src[b + 2 * k + 1];
@@ -312,6 +324,7 @@ inline void attend(const HeadView<T>& head, const AttentionRows& rows, const Att
     const float* a = acc + r * d;
     if (blocked && storage_interleaved<T>) {
       for (std::size_t b = 0; b < d; b += 2 * L)
+        SIMCALKV_UNROLL
         for (std::size_t k = 0; k < L; ++k) {
           out[b + 2 * k] = a[b + k] * inv;
           out[b + 2 * k + 1] = a[b + L + k] * inv;

@@ -64,7 +64,6 @@ struct Registry {
 
 inline Registry make_registry() {
   Registry r;
-  r.compiled.push_back(&kernel_table<xsimd::default_arch>);
 #if defined(SIMCALKV_DISPATCH)
 #if defined(__x86_64__) || defined(_M_X64)
   r.compiled.push_back(&variants::kernel_table_sse2());
@@ -74,6 +73,8 @@ inline Registry make_registry() {
   r.compiled.push_back(&variants::kernel_table_neon64());
 #endif
 #endif
+  // After the variants: of two tables for one architecture the variant stays (its flags are known).
+  r.compiled.push_back(&kernel_table<xsimd::default_arch>);
   std::stable_sort(r.compiled.begin(), r.compiled.end(),
                    [](const KernelTable* a, const KernelTable* b) { return a->version > b->version; });
   // One table per architecture: a variant and the default may be the same architecture.

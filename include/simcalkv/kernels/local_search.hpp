@@ -48,16 +48,19 @@ inline void local_panel_step(const LocalSearchArgs& in, const float* const* a, s
   constexpr std::size_t L = B::size;
   const std::size_t d = in.head_dim;
   const float* panels[NP];
+  SIMCALKV_UNROLL
   for (int t = 0; t < NP; ++t) panels[t] = in.packed + ((p + static_cast<std::size_t>(t)) & (in.ring - 1)) * d * L;
   B acc[4 * NP];
   panel_products<A, NP>(a, panels, d, acc);
   alignas(64) float iota[L];
   for (std::size_t l = 0; l < L; ++l) iota[l] = static_cast<float>(l);
   const B lane_index = B::load_aligned(iota);
+  SIMCALKV_UNROLL
   for (int t = 0; t < NP; ++t) {
     const std::size_t s0 = (p + static_cast<std::size_t>(t)) * L;
     const B inv = B::load_unaligned(in.panel_inv + s0);
     const B slots = B(static_cast<float>(s0)) + lane_index;
+    SIMCALKV_UNROLL
     for (int k = 0; k < 4; ++k) {
       const B sims = acc[k * NP + t] * inv;
       const auto take = (sims > best[k]) & (slots >= B(static_cast<float>(lo[k]))) & (slots < B(static_cast<float>(hi[k])));
@@ -95,9 +98,11 @@ inline std::size_t local_search(const LocalSearchArgs& in) noexcept {
       examined += h - l;
     }
     const float* a[4];
+    SIMCALKV_UNROLL
     for (std::size_t k = 0; k < 4; ++k)
       a[k] = in.keys + static_cast<std::size_t>(in.candidates[c + (k < count ? k : count - 1)]) * d;
     B best[4], best_slot[4];
+    SIMCALKV_UNROLL
     for (int k = 0; k < 4; ++k) {
       best[k] = B(neg_inf);
       best_slot[k] = B(-1.0f);

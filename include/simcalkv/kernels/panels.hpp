@@ -35,15 +35,19 @@ template <class A, int NP, int MR = 4>
 inline void panel_products(const float* const* a, const float* const* panels, std::size_t k, fbatch_t<A>* acc) noexcept {
   using B = fbatch_t<A>;
   constexpr std::size_t L = B::size;
+  SIMCALKV_UNROLL
   for (int x = 0; x < MR * NP; ++x) acc[x] = B(0.0f);
   for (std::size_t i = 0; i < k; ++i) {
     B pv[NP];
+    SIMCALKV_UNROLL
     for (int t = 0; t < NP; ++t) {
       pv[t] = B::load_unaligned(panels[t] + i * L);
       shim::pin<A>(pv[t]);
     }
+    SIMCALKV_UNROLL
     for (int r = 0; r < MR; ++r) {
       const B c(a[r][i]);
+      SIMCALKV_UNROLL
       for (int t = 0; t < NP; ++t) acc[r * NP + t] = xsimd::fma(c, pv[t], acc[r * NP + t]);
     }
   }
@@ -73,7 +77,11 @@ inline void gemm_nt(const GemmArgs& g) noexcept {
   using B = fbatch_t<A>;
   constexpr std::size_t L = B::size;
   // Rows of A per micro-tile: MR x 3 accumulators, 3 panel vectors and a broadcast fit the registers.
+#ifdef SIMCALKV_GEMM_MR
+  constexpr int MR = SIMCALKV_GEMM_MR;
+#else
   constexpr int MR = shim::vector_registers<A> >= 32 ? 8 : 4;
+#endif
   const std::size_t k = g.k;
   const std::size_t total_panels = (g.n + L - 1) / L;
   for (std::size_t p0 = 0; p0 < total_panels; p0 += gemm_block_panels) {
@@ -92,10 +100,12 @@ inline void gemm_nt(const GemmArgs& g) noexcept {
       auto step = [&](auto np_constant, std::size_t p) {
         constexpr int NP = decltype(np_constant)::value;
         const float* panels[NP];
+        SIMCALKV_UNROLL
         for (int t = 0; t < NP; ++t) panels[t] = g.pack + (p + static_cast<std::size_t>(t)) * L * k;
         B acc[MR * NP];
         panel_products<A, NP, MR>(a, panels, k, acc);
         for (std::size_t r = 0; r < rows_here; ++r)
+          SIMCALKV_UNROLL
           for (int t = 0; t < NP; ++t) {
             const std::size_t j0 = (p0 + p + static_cast<std::size_t>(t)) * L;
             float* out = g.c + (r0 + r) * g.ldc + j0;

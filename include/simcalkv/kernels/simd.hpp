@@ -122,14 +122,17 @@ inline void dot8(const float* const* rows, const float* x, std::size_t n, float*
   std::size_t i = 0;
   for (; i + L <= n; i += L) {
     const B xv = B::load_unaligned(x + i);
+    SIMCALKV_UNROLL
     for (int r = 0; r < 8; ++r) acc[r] = xsimd::fma(B::load_unaligned(rows[r] + i), xv, acc[r]);
   }
   if constexpr (L == 8) {
     shim::hadd_rows<A>(acc).store_unaligned(out);
   } else {
+    SIMCALKV_UNROLL
     for (int r = 0; r < 8; ++r) out[r] = xsimd::hadd(acc[r]);
   }
   for (; i < n; ++i)
+    SIMCALKV_UNROLL
     for (int r = 0; r < 8; ++r) out[r] += rows[r][i] * x[i];
 }
 
