@@ -141,7 +141,7 @@ void merge_into_plan(const HeadView<T>& head, HeadScratch& s, const std::vector<
     }
   }
 
-  std::vector<float> buffer(s.row_positions.size());
+  std::vector<Position> row_position(rows);
   for (std::size_t k = 0; k < keep.size(); ++k) {
     const auto row = plan.row_of_slot[k];
     if (row < 0) continue;
@@ -159,17 +159,26 @@ void merge_into_plan(const HeadView<T>& head, HeadScratch& s, const std::vector<
     }
 
     const float log_count = max_bias[r] + std::log(lse_bias_sum[r]);
-    float bias = 0.0f;
-    if (options.bias == BiasMode::log_count) {
-      bias = log_count;
-    } else if (options.bias == BiasMode::calibrated || options.bias == BiasMode::bounded) {
-      const float set_mass = uniform[r] ? neg_inf : std::log(total[r]);
-      const float merged_mass = log_window_mass(key_row, head.positions[keep[k]], s, d, buffer.data());
-      const bool defined = set_mass != neg_inf && merged_mass != neg_inf;
-      bias = defined ? set_mass - merged_mass : log_count;
-      // max_bias[r] is the largest member bias: merging never lowers the survivor's own weight.
-      if (options.bias == BiasMode::bounded) bias = std::clamp(bias, max_bias[r], log_count);
-    }
+    plan.row_bias[r] = log_count;  // the calibrated modes replace it below
+    row_position[r] = head.positions[keep[k]];
+  }
+  if (options.bias == BiasMode::none) std::fill(plan.row_bias.begin(), plan.row_bias.end(), 0.0f);
+  if (options.bias != BiasMode::calibrated && options.bias != BiasMode::bounded) return;
+
+  // Calibration: every merged key against every window query in one product, [rows][R], then
+  // each row's log mass under the window.
+  const std::size_t R = s.row_positions.size();
+  thread_local std::vector<float> dots;  // per-thread scratch, grown on demand
+  dots.resize(rows * R);
+  if (rows > 0 && R > 0) gemm_nt(plan.row_keys.data(), rows, s.queries.data(), R, d, dots.data(), R);
+  for (std::size_t r = 0; r < rows; ++r) {
+    const float log_count = plan.row_bias[r];
+    const float set_mass = uniform[r] ? neg_inf : std::log(total[r]);
+    const float merged_mass = log_window_mass_of_dots(dots.data() + r * R, row_position[r], s);
+    const bool defined = set_mass != neg_inf && merged_mass != neg_inf;
+    float bias = defined ? set_mass - merged_mass : log_count;
+    // max_bias[r] is the largest member bias: merging never lowers the survivor's own weight.
+    if (options.bias == BiasMode::bounded) bias = std::clamp(bias, max_bias[r], log_count);
     plan.row_bias[r] = bias;
   }
 }

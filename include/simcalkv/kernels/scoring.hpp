@@ -93,29 +93,20 @@ void score_window(const HeadView<T>& head, const WindowView& window, int kv_head
   }
 }
 
-/// log sum_{rows that see `position`} exp(q_r . key - m_r), q_r pre-scaled: the mass under the
-/// window of one entry with zero bias; -inf if no row sees it. `buffer` holds R floats.
-inline float log_window_mass(const float* key, Position position, const HeadScratch& s, std::size_t d,
-                             float* buffer) {
+/// log sum_{rows that see `position`} exp(dots[r] - m_r) with dots[r] = q_r . key (q_r pre-scaled):
+/// the mass under the window of one entry with zero bias; -inf if no row sees it. Overwrites dots.
+inline float log_window_mass_of_dots(float* dots, Position position, const HeadScratch& s) {
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
   const std::size_t R = s.row_positions.size();
-  // q_r . key for every row, eight rows per register-blocked step.
-  std::size_t r = 0;
-  for (; r + 8 <= R; r += 8) {
-    const float* rows[8];
-    for (std::size_t k = 0; k < 8; ++k) rows[k] = s.queries.data() + (r + k) * d;
-    dot8(rows, key, d, buffer + r);
-  }
-  for (; r < R; ++r) buffer[r] = dot(s.queries.data() + r * d, key, d);
   float best = neg_inf;
-  for (r = 0; r < R; ++r) {
+  for (std::size_t r = 0; r < R; ++r) {
     const bool sees = s.row_positions[r] >= position && s.row_max[r] != neg_inf;
-    buffer[r] = sees ? buffer[r] - s.row_max[r] : neg_inf;
-    best = std::max(best, buffer[r]);
+    dots[r] = sees ? dots[r] - s.row_max[r] : neg_inf;
+    best = std::max(best, dots[r]);
   }
   if (best == neg_inf) return best;
   // exp(-inf) is 0, so rows that do not see the entry drop out of the sum.
-  return best + std::log(exp_shifted_sum(buffer, best, R));
+  return best + std::log(exp_shifted_sum(dots, best, R));
 }
 
 enum class Pooling { none, max, avg };
