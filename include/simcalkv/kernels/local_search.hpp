@@ -3,7 +3,7 @@
 // Each removed entry (candidate) looks for its most cosine-similar survivor among the `radius`
 // survivors on each side of its position. Survivor keys are packed into panels (panels.hpp) just
 // before first use, into a ring that holds every panel a group of candidates can span; groups of up
-// to 4 consecutive candidates, whose windows nearly coincide, are searched together over the panels
+// to 4 (8 where there are 32 vector registers) consecutive candidates, whose windows nearly coincide, are searched together over the panels
 // covering the union of their windows. Each candidate still takes the best survivor of its own
 // window, the first on ties, as a one-by-one search does (sums differ from dot() in the last bits).
 #pragma once
@@ -41,6 +41,10 @@ inline constexpr std::size_t local_search_ring(std::size_t lanes, std::size_t ra
   return ring;
 }
 
+/// Candidates searched together: as many rows as panel_products keeps in registers.
+template <class A>
+inline constexpr int local_group = shim::vector_registers<A> >= 32 ? 8 : 4;
+
 template <class A, int NP>
 inline void local_panel_step(const LocalSearchArgs& in, const float* const* a, std::size_t p, const std::size_t* lo,
                              const std::size_t* hi, fbatch_t<A>* best, fbatch_t<A>* best_slot) noexcept {
@@ -50,8 +54,9 @@ inline void local_panel_step(const LocalSearchArgs& in, const float* const* a, s
   const float* panels[NP];
   SIMCALKV_UNROLL
   for (int t = 0; t < NP; ++t) panels[t] = in.packed + ((p + static_cast<std::size_t>(t)) & (in.ring - 1)) * d * L;
-  B acc[4 * NP];
-  panel_products<A, NP>(a, panels, d, acc);
+  constexpr int G = local_group<A>;
+  B acc[G * NP];
+  panel_products<A, NP, G>(a, panels, d, acc);
   alignas(64) float iota[L];
   for (std::size_t l = 0; l < L; ++l) iota[l] = static_cast<float>(l);
   const B lane_index = B::load_aligned(iota);
@@ -61,7 +66,7 @@ inline void local_panel_step(const LocalSearchArgs& in, const float* const* a, s
     const B inv = B::load_unaligned(in.panel_inv + s0);
     const B slots = B(static_cast<float>(s0)) + lane_index;
     SIMCALKV_UNROLL
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < G; ++k) {
       const B sims = acc[k * NP + t] * inv;
       const auto take = (sims > best[k]) & (slots >= B(static_cast<float>(lo[k]))) & (slots < B(static_cast<float>(hi[k])));
       best[k] = xsimd::select(take, sims, best[k]);
@@ -75,16 +80,17 @@ template <class A>
 inline std::size_t local_search(const LocalSearchArgs& in) noexcept {
   using B = fbatch_t<A>;
   constexpr std::size_t L = B::size;
+  constexpr int G = local_group<A>;
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
   const std::size_t d = in.head_dim, E = in.count, C = in.kept;
   std::size_t packed_to = 0, examined = 0;
   std::size_t next_kept = 0;  // first kept slot whose entry index exceeds the candidate's
   std::size_t c = 0;
   while (c < E) {
-    // Windows [lo, hi) of up to 4 consecutive candidates; both bounds are non-decreasing.
-    std::size_t lo[4] = {0, 0, 0, 0}, hi[4] = {0, 0, 0, 0};
+    // Windows [lo, hi) of up to G consecutive candidates; both bounds are non-decreasing.
+    std::size_t lo[G] = {}, hi[G] = {};
     std::size_t count = 0;
-    for (; count < 4 && c + count < E; ++count) {
+    for (; count < G && c + count < E; ++count) {
       const std::uint32_t e = in.candidates[c + count];
       std::size_t nk = next_kept;
       while (nk < C && in.keep[nk] < e) ++nk;
@@ -97,13 +103,13 @@ inline std::size_t local_search(const LocalSearchArgs& in) noexcept {
       next_kept = nk;
       examined += h - l;
     }
-    const float* a[4];
+    const float* a[G];
     SIMCALKV_UNROLL
-    for (std::size_t k = 0; k < 4; ++k)
+    for (std::size_t k = 0; k < G; ++k)
       a[k] = in.keys + static_cast<std::size_t>(in.candidates[c + (k < count ? k : count - 1)]) * d;
-    B best[4], best_slot[4];
+    B best[G], best_slot[G];
     SIMCALKV_UNROLL
-    for (int k = 0; k < 4; ++k) {
+    for (int k = 0; k < G; ++k) {
       best[k] = B(neg_inf);
       best_slot[k] = B(-1.0f);
     }
