@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 namespace simcalkv {
@@ -142,6 +143,7 @@ void merge_into_plan(const HeadView<T>& head, HeadScratch& s, const std::vector<
   }
 
   std::vector<Position> row_position(rows);
+  std::vector<T> stored(d);  // a merged key in the storage type
   for (std::size_t k = 0; k < keep.size(); ++k) {
     const auto row = plan.row_of_slot[k];
     if (row < 0) continue;
@@ -153,7 +155,10 @@ void merge_into_plan(const HeadView<T>& head, HeadScratch& s, const std::vector<
     if (options.merge_keys) {
       // The cache holds the merged key in its storage type, and decode attention reads that: the
       // calibration below fits the stored key, so it is exact for what attention sees.
-      for (std::size_t i = 0; i < d; ++i) key_row[i] = to_float(from_float<T>(key_row[i]));
+      if constexpr (!std::is_same_v<T, float>) {
+        store_strided(key_row, stored.data(), 1, d);
+        load_row(stored.data(), key_row, d);
+      }
     } else {
       std::copy_n(s.keys.data() + static_cast<std::size_t>(keep[k]) * d, d, key_row);
     }
