@@ -14,6 +14,8 @@
 //       the same on each kernel table this CPU runs (sse2, avx2, avx512bw, neon64), set for the
 //       benchmark with ScopedKernelTable; the others run on the table chosen at run time
 //       (context kernel_arch; SIMCALKV_ARCH=<name> caps it).
+//   BM_GemmNT/<arch>/<m>/<n>/<k>              the library's own C = A B^T (window scoring's product)
+//       on each kernel table: its flops_per_second against BM_Gemm's Eigen rate.
 //   BM_StreamCopy/<bytes>                     memcpy of a buffer (the copy bandwidth).
 //   BM_StreamRead/<bytes>                     a read-only pass (sum) over a buffer.
 //   BM_Gemm/<m>/<n>/<k>                       Eigen float C = A * B (the GEMM rate).
@@ -368,6 +370,28 @@ void bm_stream_read(benchmark::State& state) {
   set_rates(state, total, 0.0, static_cast<double>(bytes), 0.0);
 }
 
+/// The library's own C = A B^T (kernels/panels.hpp) at window scoring's shape, on one kernel table.
+void bm_gemm_nt(benchmark::State& state, const simcalkv::kernels::KernelTable& table) {
+  const simcalkv::kernels::ScopedKernelTable kernels(table);
+  const auto m = static_cast<std::size_t>(state.range(0)), n = static_cast<std::size_t>(state.range(1)),
+             k = static_cast<std::size_t>(state.range(2));
+  FastRng rng(5);
+  std::vector<float> a(m * k), b(n * k), c(m * n);
+  for (auto& x : a) x = rng.normal();
+  for (auto& x : b) x = rng.normal();
+  simcalkv::kernels::gemm_nt(a.data(), m, b.data(), n, k, c.data(), n);  // warm-up
+  double total = 0.0;
+  for (auto _ : state) {
+    const double start = now_seconds();
+    simcalkv::kernels::gemm_nt(a.data(), m, b.data(), n, k, c.data(), n);
+    benchmark::ClobberMemory();
+    const double t = seconds_since(start);
+    state.SetIterationTime(t);
+    total += t;
+  }
+  set_rates(state, total, 0.0, 0.0, 2.0 * static_cast<double>(m * n * k));
+}
+
 void bm_gemm(benchmark::State& state) {
   const auto m = state.range(0), n = state.range(1), k = state.range(2);
   Eigen::MatrixXf a = Eigen::MatrixXf::Random(m, k), b = Eigen::MatrixXf::Random(k, n), c(m, n);
@@ -441,6 +465,11 @@ void register_all(bool full_grid) {
         bm_compress(st, "SimCalKV", 32768, keep, *table);
       })->UseManualTime()->Unit(benchmark::kMillisecond)->MinTime(0.5);
     }
+    benchmark::RegisterBenchmark(("BM_GemmNT/" + arch).c_str(), [table](benchmark::State& st) { bm_gemm_nt(st, *table); })
+        ->Args({128, 32768, 128})
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond)
+        ->Repetitions(3);
     for (std::size_t n : {std::size_t{4096}, std::size_t{32768}}) {
       const std::string name = "BM_DecodeArch/" + arch + "/" + std::to_string(n) + "/100";
       benchmark::RegisterBenchmark(name.c_str(), [n, table](benchmark::State& st) { bm_decode(st, n, 100, *table); })
