@@ -3,9 +3,9 @@
 // Header-only (the default), a program has one table: its translation units' own architecture
 // (xsimd::default_arch: AVX-512 under -march=x86-64-v4 or -march=native on such a CPU, SSE2 on a
 // plain x86-64 build). With SIMCALKV_DISPATCH defined (CMake: link simcalkv::dispatch), the program
-// also has the variants compiled by src/kernels_<arch>.cpp, each in a translation unit built for its
-// architecture (x86-64: sse2, fma3+avx2, avx512bw; aarch64: neon64), and the first call picks the best
-// one the CPU runs. SIMCALKV_ARCH=<name> in the environment caps the choice (a name of arch_names(),
+// has instead the variants compiled by src/kernels_<arch>.cpp, each in a translation unit built for
+// its architecture (x86-64: sse2, fma3+avx2, avx512bw; aarch64: neon64), and the first call picks the
+// best one the CPU runs. SIMCALKV_ARCH=<name> in the environment caps the choice (a name of arch_names(),
 // e.g. SIMCALKV_ARCH=sse2), for comparisons and for CPUs that run a wide unit slowly.
 //
 // Every translation unit of a program must see the same SIMCALKV_DISPATCH setting and, without it,
@@ -64,26 +64,18 @@ struct Registry {
 
 inline Registry make_registry() {
   Registry r;
-#if defined(SIMCALKV_DISPATCH)
-#if defined(__x86_64__) || defined(_M_X64)
-  r.compiled.push_back(&variants::kernel_table_sse2());
-  r.compiled.push_back(&variants::kernel_table_avx2());
-  r.compiled.push_back(&variants::kernel_table_avx512());
-#elif defined(__aarch64__)
-  r.compiled.push_back(&variants::kernel_table_neon64());
+#if defined(SIMCALKV_DISPATCH) && (defined(__x86_64__) || defined(_M_X64))
+  // Only the variants: the program's own translation units then instantiate no kernel at all, so
+  // no kernel symbol exists twice with different flags (see the file comment).
+  r.compiled = {&variants::kernel_table_avx512(), &variants::kernel_table_avx2(), &variants::kernel_table_sse2()};
+#elif defined(SIMCALKV_DISPATCH) && defined(__aarch64__)
+  r.compiled = {&variants::kernel_table_neon64()};
+#else
+  r.compiled = {&kernel_table<xsimd::default_arch>};
 #endif
-#endif
-  // After the variants: of two tables for one architecture the variant stays (its flags are known).
-  r.compiled.push_back(&kernel_table<xsimd::default_arch>);
-  std::stable_sort(r.compiled.begin(), r.compiled.end(),
-                   [](const KernelTable* a, const KernelTable* b) { return a->version > b->version; });
-  // One table per architecture: a variant and the default may be the same architecture.
-  r.compiled.erase(std::unique(r.compiled.begin(), r.compiled.end(),
-                               [](const KernelTable* a, const KernelTable* b) { return a->version == b->version; }),
-                   r.compiled.end());
   for (const KernelTable* t : r.compiled)
     if (cpu_runs(*t)) r.runnable.push_back(t);
-  if (r.runnable.empty()) r.runnable.push_back(&kernel_table<xsimd::default_arch>);
+  if (r.runnable.empty()) r.runnable.push_back(r.compiled.back());  // the baseline: every CPU of the platform
   r.chosen = r.runnable.front();
   if (const char* cap = std::getenv("SIMCALKV_ARCH"); cap && *cap) {
     const auto it = std::find_if(r.runnable.begin(), r.runnable.end(),
