@@ -155,6 +155,42 @@ TEST_CASE("kernel tables: half and bfloat16 rows widen and narrow exactly as Eig
   });
 }
 
+TEST_CASE("kernel tables: finiteness checks find every NaN and Inf, in every storage type", "[kernels]") {
+  for_each_table([](const KernelTable& t) {
+    for (std::size_t n : kLengths) {
+      if (n == 0) {
+        CHECK(t.finite_f32(nullptr, 0));
+        CHECK(t.finite_bits16(nullptr, 0, 0x7c00u));
+        continue;
+      }
+      auto x = random_vector(n, 3 + n);
+      x[0] = 65504.0f;  // largest half, finite
+      if (n > 1) x[1] = std::numeric_limits<float>::denorm_min();
+      std::vector<std::uint16_t> h(n), b(n);
+      for (std::size_t i = 0; i < n; ++i) {
+        h[i] = std::bit_cast<std::uint16_t>(half(x[i]));
+        b[i] = std::bit_cast<std::uint16_t>(bfloat16(x[i]));
+      }
+      CHECK(t.finite_f32(x.data(), n));
+      CHECK(t.finite_bits16(h.data(), n, 0x7c00u));
+      CHECK(t.finite_bits16(b.data(), n, 0x7f80u));
+      for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                        -std::numeric_limits<float>::infinity()})
+        for (std::size_t at : {std::size_t{0}, n / 2, n - 1}) {
+          INFO("n " << n << " bad value " << bad << " at " << at);
+          auto y = x;
+          y[at] = bad;
+          auto hy = h, by = b;
+          hy[at] = std::bit_cast<std::uint16_t>(half(bad));
+          by[at] = std::bit_cast<std::uint16_t>(bfloat16(bad));
+          CHECK_FALSE(t.finite_f32(y.data(), n));
+          CHECK_FALSE(t.finite_bits16(hy.data(), n, 0x7c00u));
+          CHECK_FALSE(t.finite_bits16(by.data(), n, 0x7f80u));
+        }
+    }
+  });
+}
+
 TEST_CASE("kernel tables: C = A B^T matches a naive product for odd shapes", "[kernels]") {
   for_each_table([](const KernelTable& t) {
     for (std::size_t m : {1u, 3u, 4u, 5u, 9u})

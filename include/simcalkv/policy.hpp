@@ -189,13 +189,34 @@ void validate_head_contents(const HeadView<T>& h, const std::string& name, bool 
     require(std::isfinite(h.bias[j]) || h.bias[j] == -std::numeric_limits<float>::infinity(),
             ErrorCode::non_finite, name, ": bias of entry ", j, " is NaN or +Inf");
   if (!check_finite) return;
-  row.resize(static_cast<std::size_t>(h.head_dim));
-  for (std::size_t j = 0; j < h.length; ++j) {
-    h.load_key(j, row.data());
-    require(all_finite(row.data(), row.size()), ErrorCode::non_finite, name, ": key of entry ", j,
-            " contains NaN or Inf");
-    h.load_value(j, row.data());
-    require(all_finite(row.data(), row.size()), ErrorCode::non_finite, name, ": value of entry ", j,
+  const auto d = static_cast<std::size_t>(h.head_dim);
+  // Contiguous rows are checked in their storage type, a whole head at once when rows are packed
+  // back to back; the per-entry scan only runs to name the entry when something is wrong.
+  auto packed_finite = [&](const T* base, std::ptrdiff_t token_stride, std::ptrdiff_t dim_stride) {
+    return dim_stride == 1 && token_stride == static_cast<std::ptrdiff_t>(d) &&
+           (h.length == 0 || all_finite_elements(base, h.length * d));
+  };
+  auto first_bad = [&](bool keys) -> std::size_t {
+    row.resize(d);
+    for (std::size_t j = 0; j < h.length; ++j) {
+      const bool contiguous = keys ? h.keys_contiguous() : h.values_contiguous();
+      bool ok;
+      if (contiguous) {
+        ok = all_finite_elements(keys ? h.key(j) : h.value(j), d);
+      } else {
+        keys ? h.load_key(j, row.data()) : h.load_value(j, row.data());
+        ok = all_finite(row.data(), d);
+      }
+      if (!ok) return j;
+    }
+    return h.length;
+  };
+  for (const bool keys : {true, false}) {
+    if (keys ? packed_finite(h.keys, h.key_token_stride, h.key_dim_stride)
+             : packed_finite(h.values, h.value_token_stride, h.value_dim_stride))
+      continue;
+    const std::size_t j = first_bad(keys);
+    require(j == h.length, ErrorCode::non_finite, name, keys ? ": key of entry " : ": value of entry ", j,
             " contains NaN or Inf");
   }
 }

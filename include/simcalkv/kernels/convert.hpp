@@ -50,6 +50,15 @@ inline void store_strided(const float* src, T* dst, std::ptrdiff_t stride, std::
   for (std::size_t i = 0; i < count; ++i) dst[static_cast<std::ptrdiff_t>(i) * stride] = from_float<T>(src[i]);
 }
 
+/// Whether `count` contiguous elements are all finite (no NaN or Inf), read in their storage type.
+template <StorageElement T>
+inline bool all_finite_elements(const T* src, std::size_t count) noexcept {
+  if constexpr (std::is_same_v<T, float>) return kernels::active().finite_f32(src, count);
+  else if constexpr (std::is_same_v<T, half>)
+    return kernels::active().finite_bits16(reinterpret_cast<const std::uint16_t*>(src), count, 0x7c00u);
+  else return kernels::active().finite_bits16(reinterpret_cast<const std::uint16_t*>(src), count, 0x7f80u);
+}
+
 namespace detail {
 template <class T>
 struct RowIO {

@@ -136,6 +136,21 @@ inline void dot8(const float* const* rows, const float* x, std::size_t n, float*
     for (int r = 0; r < 8; ++r) out[r] += rows[r][i] * x[i];
 }
 
+/// Whether no float (as bits) of n is NaN or Inf: the exponent bits are never all ones.
+template <class A>
+inline bool finite_bits32(const std::uint32_t* x, std::size_t n) noexcept {
+  using U = ubatch_t<A>;
+  constexpr std::size_t L = U::size;
+  const U mask(0x7f800000u);
+  U bad(0u);
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) bad |= xsimd::select((U::load_unaligned(x + i) & mask) == mask, U(1u), U(0u));
+  if (xsimd::any(bad != U(0u))) return false;
+  for (; i < n; ++i)
+    if ((x[i] & 0x7f800000u) == 0x7f800000u) return false;
+  return true;
+}
+
 /// Widens n contiguous halves (IEEE bits) to float.
 template <class A>
 inline void widen_half(const std::uint16_t* src, float* dst, std::size_t n) noexcept {
@@ -192,6 +207,28 @@ inline std::size_t narrow_bf16(const float* src, std::uint16_t* dst, std::size_t
     dst[i] = shim::float_to_bf16_bits<A>(src[i]);
   }
   return n;
+}
+
+/// Whether no element of n contiguous 16-bit floats is NaN or Inf: none has all of
+/// `exponent_mask`'s bits set (0x7c00 for IEEE half, 0x7f80 for bfloat16). No widening.
+template <class A>
+inline bool finite_bits16(const std::uint16_t* x, std::size_t n, std::uint16_t exponent_mask) noexcept {
+  using H = xsimd::batch<std::uint16_t, A>;
+  constexpr std::size_t L = H::size;
+  const H mask(exponent_mask);
+  H bad(std::uint16_t{0});
+  std::size_t i = 0;
+  for (; i + L <= n; i += L) bad |= xsimd::select((H::load_unaligned(x + i) & mask) == mask, H(std::uint16_t{1}), H(std::uint16_t{0}));
+  if (xsimd::any(bad != H(std::uint16_t{0}))) return false;
+  for (; i < n; ++i)
+    if ((x[i] & exponent_mask) == exponent_mask) return false;
+  return true;
+}
+
+/// Whether no element of n contiguous floats is NaN or Inf.
+template <class A>
+inline bool finite_f32(const float* x, std::size_t n) noexcept {
+  return finite_bits32<A>(reinterpret_cast<const std::uint32_t*>(x), n);
 }
 
 }  // namespace simcalkv::kernels::simd

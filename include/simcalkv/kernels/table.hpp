@@ -31,6 +31,8 @@ struct KernelTable {
   void (*widen_bf16)(const std::uint16_t*, float*, std::size_t) noexcept;
   std::size_t (*narrow_half)(const float*, std::uint16_t*, std::size_t) noexcept;
   std::size_t (*narrow_bf16)(const float*, std::uint16_t*, std::size_t) noexcept;
+  bool (*finite_f32)(const float*, std::size_t) noexcept;
+  bool (*finite_bits16)(const std::uint16_t*, std::size_t, std::uint16_t) noexcept;
   void (*gemm_nt)(const simd::GemmArgs&) noexcept;
   std::size_t (*local_search)(const simd::LocalSearchArgs&) noexcept;
   void (*attend_f32)(const HeadView<float>&, const AttentionRows&, const AttentionOptions&, float*) noexcept;
@@ -54,6 +56,8 @@ inline constexpr KernelTable kernel_table{
     &simd::widen_bf16<A>,
     &simd::narrow_half<A>,
     &simd::narrow_bf16<A>,
+    &simd::finite_f32<A>,
+    &simd::finite_bits16<A>,
     &simd::gemm_nt<A>,
     &simd::local_search<A>,
     &simd::attend<A, float>,
