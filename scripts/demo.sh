@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's main command: installs what is missing, builds, and runs the demo on bundled defaults.
+# The synthetic demo (the README's main job is scripts/eval.sh): installs what is missing, builds, and runs
+# simcalkv-demo on bundled defaults.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh

@@ -6,6 +6,7 @@
 //       [--kv-method NAME[:options]] [--compress-ratio R] [--window W] [--threads T] [--json]
 //       [--dump-trace FILE] [--kv-dtype f32|bf16] [--chunk N] [--decode-compress] [--decode-slack S]
 //       [--temperature T] [--top-p P] [--seed S] [--ignore-eos] [--no-special-tokens] [--bench]
+#include "openmp_wait.hpp"
 #include "session.hpp"
 #include "tokenizer.hpp"
 
@@ -266,6 +267,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
 }  // namespace
 
 int main(int argc, char** argv) {
+  simcalkv::tools::prefer_passive_openmp_wait(argv);
   try {
     const Args a = parse_args(argc, argv);
 #ifdef _OPENMP

@@ -516,7 +516,7 @@ class Tokenizer {
       if (s.kind == Step::split) {
         apply_split(s, pieces);
       } else {
-        if (s.add_prefix_space && !pieces.empty() && pieces.front().front() != ' ') pieces.front().insert(0, " ");
+        if (s.add_prefix_space && !pieces.empty() && pieces.front().front() != ' ') pieces.front().insert(pieces.front().begin(), ' ');
         if (s.use_regex) {
           Step gpt2;
           gpt2.regex = s.regex;

@@ -3,6 +3,7 @@
 // policies in a bf16 KVCache (reporting the bytes really held before and after), and measures
 // how far attention over the compressed cache moves from attention over the full one
 // (tools/common/fidelity.hpp).
+#include "openmp_wait.hpp"
 #include "fidelity.hpp"
 #include "synthetic_trace.hpp"
 
@@ -78,6 +79,7 @@ std::pair<std::size_t, std::size_t> cache_bytes(const simcalkv::io::Trace& trace
 }  // namespace
 
 int main(int argc, char** argv) {
+  simcalkv::tools::prefer_passive_openmp_wait(argv);
   using namespace simcalkv;
   std::string policies = "Full,SimCalKV,SnapKV,StreamingLLM";
   std::string keep = "0.5,0.25";

@@ -8,6 +8,7 @@
 // results_<dataset>_<method>_<ratio>.csv (one row per sample, the paper's columns first) and
 // summary_<dataset>_<method>_<ratio>.json (the paper's keys first); then sweep.csv / sweep.json / sweep.txt, the
 // comparison table on stdout and, for a sweep, sweep.png (scripts/plot_eval.py). docs/eval.md has the details.
+#include "openmp_wait.hpp"
 #include "args.hpp"
 #include "datasets.hpp"
 #include "progress.hpp"
@@ -313,16 +314,7 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
 }  // namespace
 
 int main(int argc, char** argv) {
-#ifdef _OPENMP
-  // OpenMP threads that spin at barriers lose a whole scheduler slice at every parallel region when the cores are
-  // shared with other jobs (measured: 25x slower decoding on a busy 2-core machine). Passive waiting costs little
-  // on an idle machine, so it is the default here; libgomp reads the setting at start-up, hence the re-exec.
-  // OMP_WAIT_POLICY=active (or any value) in the environment keeps the user's choice.
-  if (!std::getenv("OMP_WAIT_POLICY") && ::setenv("OMP_WAIT_POLICY", "passive", 1) == 0) {
-    ::execv("/proc/self/exe", argv);
-    ::unsetenv("OMP_WAIT_POLICY");  // exec failed: go on as we are
-  }
-#endif
+  simcalkv::tools::prefer_passive_openmp_wait(argv);
   Plan plan;
   try {
     plan.args = parse_args(std::vector<std::string>(argv + 1, argv + argc));

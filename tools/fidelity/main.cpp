@@ -6,6 +6,7 @@
 //
 // Exit status: 0 on success, 1 if reading the trace or measuring fails, 2 on a bad command line
 // (unknown flag, bad number, unknown policy or policy option).
+#include "openmp_wait.hpp"
 #include "fidelity.hpp"
 #include "synthetic_trace.hpp"
 
@@ -114,6 +115,7 @@ std::vector<int> parse_layers(std::string_view text) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  simcalkv::tools::prefer_passive_openmp_wait(argv);
   std::optional<std::string> trace_path, json_path;
   bool synthetic = false;
   simcalkv::tools::SyntheticTraceConfig synth;

@@ -5,6 +5,7 @@
 //   position; NLL of tokens 1..L-1 given the tokens before them; perplexity = exp(total NLL / scored tokens).
 // Usage: simcalkv-perplexity [--model DIR] [--text FILE] [--window L] [--windows N|all] [--threads T] [--expect P]
 //   --expect P: exit 1 unless |ppl - P| / P <= 2%.
+#include "openmp_wait.hpp"
 #include "session.hpp"
 #include "tokenizer.hpp"
 
@@ -25,6 +26,7 @@
 #endif
 
 int main(int argc, char** argv) {
+  simcalkv::tools::prefer_passive_openmp_wait(argv);
   std::string model_dir = SIMCALKV_SOURCE_DIR "/models/simcalkv-tiny";
   std::string text_path = SIMCALKV_SOURCE_DIR "/data/corpus/heldout_eval.txt";
   int L = 2048;
