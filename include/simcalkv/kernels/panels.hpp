@@ -77,11 +77,7 @@ inline void gemm_nt(const GemmArgs& g) noexcept {
   using B = fbatch_t<A>;
   constexpr std::size_t L = B::size;
   // Rows of A per micro-tile: MR x 3 accumulators, 3 panel vectors and a broadcast fit the registers.
-#ifdef SIMCALKV_GEMM_MR
-  constexpr int MR = SIMCALKV_GEMM_MR;
-#else
   constexpr int MR = shim::vector_registers<A> >= 32 ? 8 : 4;
-#endif
   const std::size_t k = g.k;
   const std::size_t total_panels = (g.n + L - 1) / L;
   for (std::size_t p0 = 0; p0 < total_panels; p0 += gemm_block_panels) {
