@@ -9,6 +9,7 @@
 #include "simcalkv/kernels/arch_shim.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstddef>
 #include <limits>
@@ -136,21 +137,6 @@ inline void dot8(const float* const* rows, const float* x, std::size_t n, float*
     for (int r = 0; r < 8; ++r) out[r] += rows[r][i] * x[i];
 }
 
-/// Whether no float (as bits) of n is NaN or Inf: the exponent bits are never all ones.
-template <class A>
-inline bool finite_bits32(const std::uint32_t* x, std::size_t n) noexcept {
-  using U = ubatch_t<A>;
-  constexpr std::size_t L = U::size;
-  const U mask(0x7f800000u);
-  U bad(0u);
-  std::size_t i = 0;
-  for (; i + L <= n; i += L) bad |= xsimd::select((U::load_unaligned(x + i) & mask) == mask, U(1u), U(0u));
-  if (xsimd::any(bad != U(0u))) return false;
-  for (; i < n; ++i)
-    if ((x[i] & 0x7f800000u) == 0x7f800000u) return false;
-  return true;
-}
-
 /// Widens n contiguous halves (IEEE bits) to float.
 template <class A>
 inline void widen_half(const std::uint16_t* src, float* dst, std::size_t n) noexcept {
@@ -225,10 +211,21 @@ inline bool finite_bits16(const std::uint16_t* x, std::size_t n, std::uint16_t e
   return true;
 }
 
-/// Whether no element of n contiguous floats is NaN or Inf.
+/// Whether no element of n contiguous floats is NaN or Inf: the exponent bits are never all ones.
 template <class A>
 inline bool finite_f32(const float* x, std::size_t n) noexcept {
-  return finite_bits32<A>(reinterpret_cast<const std::uint32_t*>(x), n);
+  using B = fbatch_t<A>;
+  using U = ubatch_t<A>;
+  constexpr std::size_t L = B::size;
+  const U mask(0x7f800000u);
+  U bad(0u);
+  std::size_t i = 0;
+  for (; i + L <= n; i += L)
+    bad |= xsimd::select((xsimd::bitwise_cast<U>(B::load_unaligned(x + i)) & mask) == mask, U(1u), U(0u));
+  if (xsimd::any(bad != U(0u))) return false;
+  for (; i < n; ++i)
+    if ((std::bit_cast<std::uint32_t>(x[i]) & 0x7f800000u) == 0x7f800000u) return false;
+  return true;
 }
 
 }  // namespace simcalkv::kernels::simd
