@@ -38,14 +38,36 @@ struct Args {
   unsigned long long seed = 0;
 };
 
+const char* usage_text() {
+  return "usage: simcalkv-generate (--prompt TEXT | --prompt-file F) [options]\n"
+         "Runs a Hugging Face Llama / Qwen2 / Mistral checkpoint on the CPU, optionally compressing its KV cache.\n"
+         "  --model DIR            checkpoint folder (default: the bundled models/simcalkv-tiny)\n"
+         "  --prompt TEXT          the prompt\n"
+         "  --prompt-file F        read the prompt from a file\n"
+         "  --max-new-tokens N     tokens to generate, >= 0 (default 32)\n"
+         "  --kv-method NAME       a registry policy spec, e.g. SimCalKV or AdaKV+SnapKV (default: none)\n"
+         "  --compress-ratio R     fraction of the cache removed, in [0, 1) (default 0.5)\n"
+         "  --window W             observation window: last W prompt queries, > 0 (default 32)\n"
+         "  --threads T            OpenMP and Eigen threads, >= 0; 0 keeps the default (default 0)\n"
+         "  --json                 print the result as JSON\n"
+         "  --dump-trace FILE      write the prompt's KV trace (safetensors) to FILE\n"
+         "  --kv-dtype f32|bf16    cache storage type (default f32)\n"
+         "  --chunk N              prefill chunk in tokens, > 0 (default 512)\n"
+         "  --decode-compress      also compress while decoding (needs --kv-method)\n"
+         "  --decode-slack S       decode growth past the budget before compressing again (default 16)\n"
+         "  --temperature T        sampling temperature, >= 0; 0 is greedy (default 0)\n"
+         "  --top-p P              nucleus sampling mass, in (0, 1] (default 1)\n"
+         "  --seed S               sampling seed (default 0)\n"
+         "  --ignore-eos           keep generating after the end-of-sequence token\n"
+         "  --no-special-tokens    do not add the tokenizer's special tokens to the prompt\n"
+         "  --bench                add speed bounds (copy bandwidth, bytes per step) to the JSON result\n"
+         "  --help, -h             this text\n";
+}
+
+struct HelpRequested {};
+
 [[noreturn]] void usage_error(const std::string& msg) {
-  throw engine::EngineError("usage: " + msg +
-                            "\nsimcalkv-generate [--model DIR, default models/simcalkv-tiny] "
-                            "(--prompt TEXT | --prompt-file F) [--max-new-tokens N] "
-                            "[--kv-method NAME] [--compress-ratio R] [--window W] [--threads T] [--json] "
-                            "[--dump-trace FILE] [--kv-dtype f32|bf16] [--chunk N] [--decode-compress] "
-                            "[--decode-slack S] [--temperature T] [--top-p P] [--seed S] [--ignore-eos] "
-                            "[--no-special-tokens] [--bench]");
+  throw engine::EngineError(msg + " (simcalkv-generate --help lists the options)");
 }
 
 template <class N>
@@ -90,7 +112,7 @@ Args parse_args(int argc, char** argv) {
     else if (f == "--ignore-eos") a.ignore_eos = true;
     else if (f == "--no-special-tokens") a.special_tokens = false;
     else if (f == "--bench") a.bench = true;
-    else if (f == "--help" || f == "-h") usage_error("help");
+    else if (f == "--help" || f == "-h") throw HelpRequested{};
     else usage_error("unknown option '" + f + "'");
   }
   if (a.model.empty()) usage_error("--model needs a folder");
@@ -292,6 +314,9 @@ int main(int argc, char** argv) {
                    out["prompt_tokens"].get<std::size_t>(), out["prefill_seconds"].get<double>(),
                    out["compress_seconds"].get<double>(), out["decode_tokens_per_second"].get<double>(),
                    out["kv_bytes_before"].get<std::size_t>(), out["kv_bytes_after"].get<std::size_t>());
+    return 0;
+  } catch (const HelpRequested&) {
+    std::fputs(usage_text(), stdout);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "simcalkv-generate: error: %s\n", e.what());
