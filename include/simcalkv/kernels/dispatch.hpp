@@ -131,8 +131,6 @@ class ScopedKernelTable {
 
 // --- the dispatched primitives (policy code calls these) -----------------------------------------
 
-inline constexpr std::size_t max_lanes = 16;
-
 /// sum_i a[i] * b[i]
 inline float dot(const float* a, const float* b, std::size_t n) noexcept { return active().dot(a, b, n); }
 /// y += alpha * x
@@ -147,10 +145,6 @@ inline void scale(float alpha, float* y, std::size_t n) noexcept { active().scal
 inline float max_of(const float* x, std::size_t n) noexcept { return active().max_of(x, n); }
 /// x[i] = exp(x[i] - shift); returns the sum
 inline float exp_shifted_sum(float* x, float shift, std::size_t n) noexcept { return active().exp_shifted_sum(x, shift, n); }
-/// out[r] = rows[r] . x for eight rows
-inline void dot8(const float* const* rows, const float* x, std::size_t n, float* out) noexcept {
-  active().dot8(rows, x, n, out);
-}
 inline float squared_norm(const float* x, std::size_t n) noexcept { return dot(x, x, n); }
 
 /// C[m][n] = A[m][k] B[n][k]^T (row-major, C with row stride ldc).
