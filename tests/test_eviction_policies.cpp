@@ -3,7 +3,10 @@
 // every policy goes through the shared invariants.
 #include "support.hpp"
 
-#include <simcalkv/allocation.hpp>
+#include <simcalkv/budget_schedule.hpp>
+#include <simcalkv/policies/adakv.hpp>
+#include <simcalkv/policies/layer_scheduled.hpp>
+#include <simcalkv/policies/pyramidkv.hpp>
 #include <simcalkv/policies/h2o.hpp>
 #include <simcalkv/policies/pyramid_infer.hpp>
 #include <simcalkv/policies/snapkv.hpp>

@@ -16,28 +16,22 @@ namespace {
 
 /// Keeps the protected entries and a seeded random choice of the others: the floor any scoring
 /// policy should beat.
-class RandomEviction {
+class RandomEviction : public StagedPolicy<RandomEviction> {
  public:
   [[nodiscard]] std::string_view name() const noexcept { return "RandomEviction"; }
-
+  [[nodiscard]] Protection protection(const WindowView& window) const noexcept {
+    return Protection{4, static_cast<std::size_t>(window.num_tokens)};
+  }
+  /// Score: a seeded random rank per entry (Fisher-Yates, portable).
   template <StorageElement T>
-  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    const auto budgets = uniform_head_budgets(request);
-    const Protection protection{4, static_cast<std::size_t>(request.window.num_tokens)};
-    return run_compression(request, workspace, name(), budgets, protection,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             std::vector<std::uint32_t> keep, others;
-                             for (std::size_t j = 0; j < head.length; ++j)
-                               (protection.protects(j, head.length) ? keep : others).push_back(static_cast<std::uint32_t>(j));
-                             std::mt19937_64 rng(1000 + h + 31 * static_cast<std::size_t>(request.layer));
-                             for (std::size_t i = others.size(); i > 1; --i)  // Fisher-Yates, portable
-                               std::swap(others[i - 1], others[rng() % i]);
-                             keep.insert(keep.end(), others.begin(),
-                                         others.begin() + static_cast<std::ptrdiff_t>(budget - keep.size()));
-                             std::sort(keep.begin(), keep.end());
-                             s.plan.set_keep(keep, head.length);
-                             s.plan.evicted = head.length - keep.size();
-                           });
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    const std::size_t n = ctx.head.length;
+    std::vector<std::uint32_t> order(n);
+    for (std::size_t j = 0; j < n; ++j) order[j] = static_cast<std::uint32_t>(j);
+    std::mt19937_64 rng(1000 + static_cast<std::size_t>(ctx.kv_head) + 31 * static_cast<std::size_t>(ctx.layer));
+    for (std::size_t i = n; i > 1; --i) std::swap(order[i - 1], order[rng() % i]);
+    s.selection_score.resize(n);
+    for (std::size_t r = 0; r < n; ++r) s.selection_score[order[r]] = static_cast<float>(n - r);
   }
 };
 

@@ -289,7 +289,7 @@ TEST_CASE("bias modes: log_count gives log n for fresh tokens, none gives zero, 
     // Count the members of each merged set from the plan's assignment.
     const auto& s = ws.head(0);
     std::vector<int> members(layer.views[0].length, 1);
-    for (auto slot : s.assignment)
+    for (auto slot : s.matching.target)
       if (slot >= 0) ++members[static_cast<std::size_t>(slot)];
     for (std::size_t slot = 0; slot < layer.views[0].length; ++slot) {
       if (plan.row_of_slot[slot] < 0) continue;

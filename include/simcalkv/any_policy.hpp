@@ -1,6 +1,7 @@
 // simcalkv: a type-erased policy, for hosts and tools that choose the method at run time.
 #pragma once
 
+#include "simcalkv/plan.hpp"
 #include "simcalkv/policy.hpp"
 
 #include <memory>
@@ -10,12 +11,12 @@
 
 namespace simcalkv {
 
-/// Holds any KVCachePolicy (for every storage element type) behind one value type; itself a
-/// KVCachePolicy. Copies share the immutable policy.
+/// Holds any PlanningPolicy (for every storage element type) behind one value type; itself one.
+/// Copies share the immutable policy.
 class AnyPolicy {
  public:
   template <class P>
-    requires(KVCachePolicy<P, float> && KVCachePolicy<P, half> && KVCachePolicy<P, bfloat16> &&
+    requires(PlanningPolicy<P, float> && PlanningPolicy<P, half> && PlanningPolicy<P, bfloat16> &&
              !std::is_same_v<std::decay_t<P>, AnyPolicy>)
   explicit AnyPolicy(P policy, std::string spec = {})
       : impl_(std::make_shared<Model<P>>(std::move(policy))),
@@ -30,7 +31,21 @@ class AnyPolicy {
 
   template <StorageElement T>
   CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
-    return impl_->compress(request, workspace);
+    return impl_->compress(request, workspace, nullptr);
+  }
+  template <StorageElement T>
+  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                                         std::span<const std::size_t> base) const {
+    return impl_->compress(request, workspace, &base);
+  }
+  template <StorageElement T>
+  LayerPlan plan(const LayerRequest<T>& request, Workspace& workspace) const {
+    return impl_->plan(request, workspace, nullptr);
+  }
+  template <StorageElement T>
+  LayerPlan plan_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                              std::span<const std::size_t> base) const {
+    return impl_->plan(request, workspace, &base);
   }
   /// The policy's own name, e.g. "SimCalKV".
   [[nodiscard]] std::string_view name() const noexcept { return impl_->name(); }
@@ -44,20 +59,45 @@ class AnyPolicy {
   }
 
  private:
+  using Budgets = std::span<const std::size_t>;
   struct Concept {
     virtual ~Concept() = default;
-    virtual CompressionStats compress(const LayerRequest<float>&, Workspace&) const = 0;
-    virtual CompressionStats compress(const LayerRequest<half>&, Workspace&) const = 0;
-    virtual CompressionStats compress(const LayerRequest<bfloat16>&, Workspace&) const = 0;
+    virtual CompressionStats compress(const LayerRequest<float>&, Workspace&, const Budgets*) const = 0;
+    virtual CompressionStats compress(const LayerRequest<half>&, Workspace&, const Budgets*) const = 0;
+    virtual CompressionStats compress(const LayerRequest<bfloat16>&, Workspace&, const Budgets*) const = 0;
+    virtual LayerPlan plan(const LayerRequest<float>&, Workspace&, const Budgets*) const = 0;
+    virtual LayerPlan plan(const LayerRequest<half>&, Workspace&, const Budgets*) const = 0;
+    virtual LayerPlan plan(const LayerRequest<bfloat16>&, Workspace&, const Budgets*) const = 0;
     [[nodiscard]] virtual std::string_view name() const noexcept = 0;
   };
   template <class P>
   struct Model final : Concept {
     explicit Model(P p) : policy(std::move(p)) {}
-    CompressionStats compress(const LayerRequest<float>& r, Workspace& w) const override { return policy.compress(r, w); }
-    CompressionStats compress(const LayerRequest<half>& r, Workspace& w) const override { return policy.compress(r, w); }
-    CompressionStats compress(const LayerRequest<bfloat16>& r, Workspace& w) const override {
-      return policy.compress(r, w);
+    template <StorageElement T>
+    CompressionStats run(const LayerRequest<T>& r, Workspace& w, const Budgets* b) const {
+      return b ? policy.compress_with_budgets(r, w, *b) : policy.compress(r, w);
+    }
+    template <StorageElement T>
+    LayerPlan plan_of(const LayerRequest<T>& r, Workspace& w, const Budgets* b) const {
+      return b ? policy.plan_with_budgets(r, w, *b) : policy.plan(r, w);
+    }
+    CompressionStats compress(const LayerRequest<float>& r, Workspace& w, const Budgets* b) const override {
+      return run(r, w, b);
+    }
+    CompressionStats compress(const LayerRequest<half>& r, Workspace& w, const Budgets* b) const override {
+      return run(r, w, b);
+    }
+    CompressionStats compress(const LayerRequest<bfloat16>& r, Workspace& w, const Budgets* b) const override {
+      return run(r, w, b);
+    }
+    LayerPlan plan(const LayerRequest<float>& r, Workspace& w, const Budgets* b) const override {
+      return plan_of(r, w, b);
+    }
+    LayerPlan plan(const LayerRequest<half>& r, Workspace& w, const Budgets* b) const override {
+      return plan_of(r, w, b);
+    }
+    LayerPlan plan(const LayerRequest<bfloat16>& r, Workspace& w, const Budgets* b) const override {
+      return plan_of(r, w, b);
     }
     [[nodiscard]] std::string_view name() const noexcept override { return policy.name(); }
     P policy;
@@ -67,6 +107,6 @@ class AnyPolicy {
   std::string spec_;
 };
 
-static_assert(KVCachePolicy<AnyPolicy, float>);
+static_assert(PlanningPolicy<AnyPolicy, float>);
 
 }  // namespace simcalkv

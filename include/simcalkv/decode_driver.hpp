@@ -29,15 +29,13 @@
 // results do not depend on the executor's thread count. Calls for different layers may run
 // concurrently; calls for one layer must not.
 //
-// Policy: any KVCachePolicy (AnyPolicy by default). A policy with compress_with_budgets gets
-// per-head budgets: the budget, or the head's length if shorter, the shortfall going to heads with
-// room so the layer's total stays num_kv_heads * budget; one without (AnyPolicy) gets request.budget =
-// Budget::entries(budget) and so needs every head to hold at least the budget when the layer is
-// compressed, which uniform policies guarantee. For per-head allocators in decode mode (AdaKV),
-// use the concrete type, e.g. DecodeDriver<AdaKV<SnapKV>>.
+// Policy: any KVCachePolicy (AnyPolicy by default). A policy with compress_with_budgets (every
+// policy of the library, AnyPolicy included) gets per-head budgets: the budget, or the head's
+// length if shorter, the shortfall going to heads with room so the layer's total stays
+// num_kv_heads * budget; one without gets request.budget = Budget::entries(budget) and so needs
+// every head to hold at least the budget when the layer is compressed.
 #pragma once
 
-#include "simcalkv/allocation.hpp"
 #include "simcalkv/any_policy.hpp"
 #include "simcalkv/budget.hpp"
 #include "simcalkv/error.hpp"

@@ -8,7 +8,9 @@
 #include "simcalkv/policies/simcalkv.hpp"
 #include "simcalkv/policy_options.hpp"
 // eviction policies and budget allocators
-#include "simcalkv/allocation.hpp"
+#include "simcalkv/policies/adakv.hpp"
+#include "simcalkv/policies/layer_scheduled.hpp"
+#include "simcalkv/policies/pyramidkv.hpp"
 #include "simcalkv/policies/h2o.hpp"
 #include "simcalkv/policies/pyramid_infer.hpp"
 #include "simcalkv/policies/snapkv.hpp"

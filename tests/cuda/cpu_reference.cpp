@@ -1,7 +1,10 @@
 // The CPU library behind tests/cuda/cpu_reference.hpp.
 #include "cpu_reference.hpp"
 
-#include <simcalkv/allocation.hpp>
+#include <simcalkv/budget_schedule.hpp>
+#include <simcalkv/policies/adakv.hpp>
+#include <simcalkv/policies/layer_scheduled.hpp>
+#include <simcalkv/policies/pyramidkv.hpp>
 #include <simcalkv/kernels/attention.hpp>
 #include <simcalkv/kernels/scoring.hpp>
 #include <simcalkv/kernels/select.hpp>

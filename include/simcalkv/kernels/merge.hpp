@@ -4,7 +4,7 @@
 #include "simcalkv/head_view.hpp"
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/scratch.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -45,13 +45,16 @@ struct MergeOptions {
   bool merge_keys = true;  // false: the survivor keeps its own key, only values are averaged
 };
 
-/// Fills `plan` for survivors `keep`: each candidate with slot[c] >= 0 merges into kept slot
-/// slot[c] with weight s.mass (its mass under the window, bias included); slot -1 is evicted.
-/// Needs load_keys and score_window to have run on `s`.
+/// The Merge stage of the mass-weighted policies: fills `plan` for the selection's survivors;
+/// removed entry c with matching.target[c] >= 0 merges into that kept slot with weight s.mass (its
+/// mass under the window, bias included); target -1 is evicted. Needs load_keys and score_window
+/// to have run on `s`.
 template <StorageElement T>
-void merge_into_plan(const HeadView<T>& head, HeadScratch& s, const std::vector<std::uint32_t>& keep,
-                     const std::vector<std::uint32_t>& candidates, const std::vector<std::int32_t>& slot,
-                     const MergeOptions& options, HeadPlan& plan) {
+void merge_into_plan(const HeadView<T>& head, const HeadScratch& s, const Selection& selection,
+                     const Matching& matching, const MergeOptions& options, HeadPlan& plan) {
+  const std::vector<std::uint32_t>& keep = selection.keep;
+  const std::vector<std::uint32_t>& candidates = selection.removed;
+  const std::vector<std::int32_t>& slot = matching.target;
   const auto d = static_cast<std::size_t>(head.head_dim);
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
   plan.set_keep(keep, head.length);
@@ -60,7 +63,7 @@ void merge_into_plan(const HeadView<T>& head, HeadScratch& s, const std::vector<
   for (std::size_t c = 0; c < candidates.size(); ++c)
     if (slot[c] >= 0 && plan.row_of_slot[static_cast<std::size_t>(slot[c])] < 0)
       plan.row_of_slot[static_cast<std::size_t>(slot[c])] = 0;  // mark
-  std::vector<float>& total = s.floats;  // per row: sum of weights
+  std::vector<float> total;  // per row: sum of weights
   std::vector<float> max_bias, lse_bias_sum;  // per row: log sum exp of member biases, shifted
   std::size_t rows = 0;
   for (std::size_t k = 0; k < keep.size(); ++k)

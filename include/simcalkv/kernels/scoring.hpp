@@ -9,7 +9,7 @@
 #include "simcalkv/head_view.hpp"
 #include "simcalkv/kernels/convert.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/scratch.hpp"
 #include "simcalkv/window.hpp"
 
 #include <algorithm>

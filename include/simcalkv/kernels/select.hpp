@@ -2,7 +2,8 @@
 #pragma once
 
 #include "simcalkv/error.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/protection.hpp"
+#include "simcalkv/scratch.hpp"
 
 #include <algorithm>
 #include <cstdint>
@@ -41,6 +42,14 @@ inline void complement(const std::vector<std::uint32_t>& keep, std::size_t n, st
     }
     out.push_back(static_cast<std::uint32_t>(j));
   }
+}
+
+/// The Select stage: the protected entries and the top scorers up to `budget` in out.keep, the
+/// others in out.removed (both ascending).
+inline void select_entries(const float* score, std::size_t n, std::size_t budget, const Protection& protection,
+                           Selection& out) {
+  select_top(score, n, budget, protection, out.keep, out.removed);
+  complement(out.keep, n, out.removed);
 }
 
 }  // namespace simcalkv::kernels

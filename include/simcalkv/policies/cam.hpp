@@ -22,8 +22,7 @@
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
-#include "simcalkv/policies/simcalkv.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <algorithm>
@@ -41,7 +40,7 @@ struct CaMOptions {
   std::uint64_t seed = 0;
 };
 
-class CaM : public UniformBudgets<CaM> {
+class CaM : public StagedPolicy<CaM> {
  public:
   CaM() = default;
   explicit CaM(const CaMOptions& options) : options_(options) {
@@ -51,11 +50,14 @@ class CaM : public UniformBudgets<CaM> {
   [[nodiscard]] std::string_view name() const noexcept { return "CaM"; }
   [[nodiscard]] const CaMOptions& options() const noexcept { return options_; }
 
-  /// For budget allocators (AdaKV) that give heads different budgets.
+  static constexpr bool needs_window = true;
+
+  /// Score: window attention.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    s.selection_score.assign(s.score.begin(), s.score.end());
   }
 
   /// The uniform number in [0, 1) that decides whether the entry at `position` merges.
@@ -67,18 +69,16 @@ class CaM : public UniformBudgets<CaM> {
     return static_cast<double>(h >> 11) * 0x1.0p-53;
   }
 
-  /// Plans one head into s.plan.
+  /// Merge: each removed entry, with a probability from its attention, shares its value over
+  /// the `merge_span` kept entries after it.
   template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int layer, int kv_head, int group, std::size_t budget,
-                 const Protection& protection, const WindowView& window, HeadScratch& s) const {
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    const auto& head = ctx.head;
+    const int layer = ctx.layer, kv_head = ctx.kv_head;
     const auto d = static_cast<std::size_t>(head.head_dim);
     const std::size_t n = head.length;
-    kernels::load_keys(head, s);
-    kernels::score_window(head, window, kv_head, group, s);
-    kernels::select_top(s.score.data(), n, budget, protection, s.indices, s.indices2);
-    kernels::complement(s.indices, n, s.indices2);
-    const auto& keep = s.indices;
-    const auto& removed = s.indices2;
+    const auto& keep = s.selection.keep;
+    const auto& removed = s.selection.removed;
     HeadPlan& plan = s.plan;
     plan.set_keep(keep, n);
 
@@ -87,7 +87,7 @@ class CaM : public UniformBudgets<CaM> {
     const double kept_mean = keep.empty() ? 0.0 : kept_total / static_cast<double>(keep.size());
 
     // Which removed entries merge, and the first kept slot after each.
-    std::vector<std::int32_t>& merges = s.assignment;  // per removed entry: first receiving slot or -1
+    std::vector<std::int32_t>& merges = s.matching.target;  // per removed entry: first receiving slot or -1
     merges.assign(removed.size(), -1);
     std::size_t slot = 0;
     for (std::size_t c = 0; c < removed.size(); ++c) {
@@ -112,7 +112,7 @@ class CaM : public UniformBudgets<CaM> {
       const std::size_t r = plan.add_row(k, HeadPlan::value, head.head_dim);
       head.load_value(keep[k], plan.row_values.data() + r * d);
     }
-    s.floats.resize(d);
+    std::vector<float> value(d);
     const float share = 1.0f / static_cast<float>(options_.merge_span);
     for (std::size_t c = 0; c < removed.size(); ++c) {
       if (merges[c] < 0) {
@@ -120,12 +120,12 @@ class CaM : public UniformBudgets<CaM> {
         continue;
       }
       ++plan.merged;
-      head.load_value(removed[c], s.floats.data());
+      head.load_value(removed[c], value.data());
       const auto first = static_cast<std::size_t>(merges[c]);
       const std::size_t last = std::min(keep.size(), first + options_.merge_span);
       for (std::size_t k = first; k < last; ++k) {
         const auto r = static_cast<std::size_t>(plan.row_of_slot[k]);
-        kernels::axpy(share, s.floats.data(), plan.row_values.data() + r * d, d);
+        kernels::axpy(share, value.data(), plan.row_values.data() + r * d, d);
       }
     }
   }

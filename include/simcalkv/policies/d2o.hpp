@@ -26,8 +26,8 @@
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/similarity.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
-#include "simcalkv/policies/simcalkv.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/policies/match.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <algorithm>
@@ -53,7 +53,7 @@ struct D2OOptions {
   std::size_t search_radius = 64;  // for SimilaritySearch::local
 };
 
-class D2O : public UniformBudgets<D2O> {
+class D2O : public StagedPolicy<D2O> {
  public:
   D2O() = default;
   explicit D2O(const D2OOptions& options) : options_(options) {
@@ -69,11 +69,14 @@ class D2O : public UniformBudgets<D2O> {
   [[nodiscard]] std::string_view name() const noexcept { return "D2O"; }
   [[nodiscard]] const D2OOptions& options() const noexcept { return options_; }
 
-  /// For budget allocators (AdaKV, D2O's layer-density schedule) that give heads their budgets.
+  static constexpr bool needs_window = true;
+
+  /// Score: window attention.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    s.selection_score.assign(s.score.begin(), s.score.end());
   }
 
   /// The merge threshold for removed entries whose best similarities are `best` (-inf: none).
@@ -92,25 +95,25 @@ class D2O : public UniformBudgets<D2O> {
     return options_.beta * top + (1.0f - options_.beta) * options_.previous_threshold;
   }
 
-  /// Plans one head into s.plan.
+  /// Match (nearest kept key, above the EMA threshold) and Merge (similarity-weighted average).
   template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
-                 const WindowView& window, HeadScratch& s) const {
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    const auto& head = ctx.head;
     const auto d = static_cast<std::size_t>(head.head_dim);
     const std::size_t n = head.length;
-    kernels::load_keys(head, s);
-    kernels::score_window(head, window, kv_head, group, s);
-    select_and_match(s.score.data(), n, d, budget, protection, options_.search, options_.search_radius, s);
-    const auto& keep = s.indices;
-    const auto& removed = s.indices2;
-    const float tau = threshold(s.similarity);
+    match_removed(d, options_.search, options_.search_radius, s);
+    const auto& keep = s.selection.keep;
+    const auto& removed = s.selection.removed;
+    auto& target = s.matching.target;
+    const auto& similarity = s.matching.similarity;
+    const float tau = threshold(similarity);
     for (std::size_t c = 0; c < removed.size(); ++c)
-      if (!(s.similarity[c] >= tau)) s.assignment[c] = -1;
+      if (!(similarity[c] >= tau)) target[c] = -1;
 
     HeadPlan& plan = s.plan;
     plan.set_keep(keep, n);
     for (std::size_t c = 0; c < removed.size(); ++c)
-      if (s.assignment[c] >= 0) plan.row_of_slot[static_cast<std::size_t>(s.assignment[c])] = -2;  // receives
+      if (target[c] >= 0) plan.row_of_slot[static_cast<std::size_t>(target[c])] = -2;  // receives
     std::vector<float> value(d);
     std::vector<double> total;
     for (std::size_t k = 0; k < keep.size(); ++k) {
@@ -127,14 +130,14 @@ class D2O : public UniformBudgets<D2O> {
       total.push_back(options_.self_weight);
     }
     for (std::size_t c = 0; c < removed.size(); ++c) {
-      if (s.assignment[c] < 0) {
+      if (target[c] < 0) {
         ++plan.evicted;
         continue;
       }
       ++plan.merged;
       const std::uint32_t e = removed[c];
-      const auto r = static_cast<std::size_t>(plan.row_of_slot[static_cast<std::size_t>(s.assignment[c])]);
-      const double w = std::exp(static_cast<double>(s.similarity[c]));
+      const auto r = static_cast<std::size_t>(plan.row_of_slot[static_cast<std::size_t>(target[c])]);
+      const double w = std::exp(static_cast<double>(similarity[c]));
       total[r] += w;
       head.load_value(e, value.data());
       kernels::axpy(static_cast<float>(w), s.keys.data() + static_cast<std::size_t>(e) * d,
@@ -167,5 +170,54 @@ class D2O : public UniformBudgets<D2O> {
  private:
   D2OOptions options_;
 };
+/// D2O's per-layer attention statistic, from the observation window instead of the full prefill
+/// attention: for each KV head, the (unbiased) variance over entries of the window attention's
+/// column sums (its W*G queries, GQA-aggregated), min-max normalised across the layer's KV heads
+/// ((v - min) / (max - min + 1e-6), as D2O's code does across heads), then averaged. In [0, 1);
+/// high means sparse attention. Note the normalisation makes it 0 for a single KV head. Compute it
+/// per layer after prefill and pass the values to LayerSchedule::density. Reads only.
+template <StorageElement T>
+double d2o_layer_statistic(const LayerRequest<T>& request, Workspace& workspace) {
+  using detail::require;
+  require(!request.heads.empty(), ErrorCode::invalid_argument, "d2o_layer_statistic: the layer has no KV heads");
+  require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
+          "d2o_layer_statistic: needs an observation window");
+  const int d = request.heads[0].head_dim;
+  for (std::size_t h = 0; h < request.heads.size(); ++h) {
+    detail::validate_layout(request.heads[h], "d2o_layer_statistic: KV head " + std::to_string(h));
+    require(request.heads[h].head_dim == d, ErrorCode::invalid_argument, "d2o_layer_statistic: KV head ", h,
+            ": head_dim ", request.heads[h].head_dim, " differs from head 0's ", d);
+  }
+  detail::validate_window(request.window, d, request.heads.size());
+  workspace.prepare(request.heads.size());
+  std::vector<double> variance(request.heads.size(), 0.0);
+  const int group = request.group_size();
+  request.exec().parallel_for(request.heads.size(), [&](std::size_t h) {
+    const HeadView<T>& head = request.heads[h];
+    HeadScratch& s = workspace.head(h);
+    detail::validate_head_contents(head, "d2o_layer_statistic: KV head " + std::to_string(h), request.check_finite,
+                                   s.floats);
+    const std::size_t n = head.length;
+    if (n < 2) return;
+    kernels::load_keys(head, s);
+    kernels::score_window(head, request.window, static_cast<int>(h), group, s);
+    const double rows = static_cast<double>(s.row_positions.size());
+    double mean = 0.0;
+    for (std::size_t j = 0; j < n; ++j) mean += rows * s.score[j];
+    mean /= static_cast<double>(n);
+    double sum = 0.0;
+    for (std::size_t j = 0; j < n; ++j) {
+      const double c = rows * s.score[j] - mean;
+      sum += c * c;
+    }
+    variance[h] = sum / static_cast<double>(n - 1);
+  });
+  const auto [lo, hi] = std::minmax_element(variance.begin(), variance.end());
+  const double low = *lo, span = *hi - *lo + 1e-6;
+  double total = 0.0;
+  for (double v : variance) total += (v - low) / span;
+  return total / static_cast<double>(variance.size());
+}
+
 
 }  // namespace simcalkv

@@ -24,7 +24,7 @@
 
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <algorithm>
@@ -42,7 +42,7 @@ struct H2OOptions {
   bool seed_scores = true;  // write window-derived scores into head.scores when falling back
 };
 
-class H2O : public UniformBudgets<H2O> {
+class H2O : public StagedPolicy<H2O> {
  public:
   H2O() = default;
   explicit H2O(const H2OOptions& options) : options_(options) {
@@ -64,57 +64,46 @@ class H2O : public UniformBudgets<H2O> {
     return std::min(r, budget - sinks);
   }
 
-  template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    const int group = request.group_size();
-    std::vector<char> seeded(request.heads.size(), 0);
-    const auto stats = run_compression(
-        request, workspace, name(), budgets, protection(request.window),
-        [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-          seeded[h] = plan_head(head, static_cast<int>(h), group, budget, request.window, s) ? 1 : 0;
-        });
-    // Committed: give the kept entries the window's accumulated attention (cannot fail).
-    for (std::size_t h = 0; h < request.heads.size(); ++h) {
-      if (!seeded[h]) continue;
-      const HeadView<T>& head = request.heads[h];
-      const HeadScratch& s = workspace.head(h);
-      for (std::size_t slot = 0; slot < s.plan.keep.size(); ++slot) head.scores[slot] = s.similarity[s.plan.keep[slot]];
-    }
-    return stats;
+  /// Protection at a given budget: the sinks and the budget's recent part.
+  [[nodiscard]] Protection protection_for(const WindowView& /*window*/, std::size_t budget,
+                                          std::size_t length) const noexcept {
+    return Protection{options_.sink_tokens, recent_for(budget, length)};
   }
 
-  /// Plans one head into s.plan. Returns true when the scores came from the window and should be
-  /// seeded into head.scores (s.similarity holds them, by original index).
+  /// Score: the accumulated attention in head.scores, or, when the cache has none yet, the
+  /// window's attention summed over its W tokens (the unit decode-time accumulation adds in).
   template <StorageElement T>
-  bool plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const WindowView& window,
-                 HeadScratch& s) const {
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    const auto& head = ctx.head;
     const std::size_t n = head.length;
-    const float* score = nullptr;
-    bool from_window = false;
-    if (head.scores && std::any_of(head.scores, head.scores + n, [](float a) { return a != 0.0f; })) {
+    if (has_accumulated(head)) {
       for (std::size_t j = 0; j < n; ++j)
-        detail::require(std::isfinite(head.scores[j]), ErrorCode::non_finite, name(), ": KV head ", kv_head,
+        detail::require(std::isfinite(head.scores[j]), ErrorCode::non_finite, name(), ": KV head ", ctx.kv_head,
                         ": accumulated score of entry ", j, " is NaN or Inf");
-      score = head.scores;
-    } else {
-      detail::require(window.num_tokens > 0, ErrorCode::invalid_argument, name(), ": KV head ", kv_head,
-                      " has no accumulated scores (", head.scores ? "all zero" : "no score buffer",
-                      ") and there is no observation window to fall back on");
-      kernels::load_keys(head, s);
-      kernels::score_window(head, window, kv_head, group, s);
-      // s.score is the mean over the W*G rows; W times it is the sum over the W window tokens of
-      // the group-mean probability, the unit decode-time accumulation adds in.
-      s.similarity.assign(s.score.begin(), s.score.end());
-      kernels::scale(static_cast<float>(window.num_tokens), s.similarity.data(), n);
-      score = s.similarity.data();
-      from_window = true;
+      s.selection_score.assign(head.scores, head.scores + n);
+      return;
     }
-    const Protection p{options_.sink_tokens, recent_for(budget, n)};
-    kernels::select_top(score, n, budget, p, s.indices, s.indices2);
-    s.plan.set_keep(s.indices, n);
-    s.plan.evicted = n - s.indices.size();
-    return from_window && options_.seed_scores && head.scores;
+    detail::require(ctx.window.num_tokens > 0, ErrorCode::invalid_argument, name(), ": KV head ", ctx.kv_head,
+                    " has no accumulated scores (", head.scores ? "all zero" : "no score buffer",
+                    ") and there is no observation window to fall back on");
+    kernels::load_keys(head, s);
+    kernels::score_window(head, ctx.window, ctx.kv_head, ctx.group, s);
+    // s.score is the mean over the W*G rows; W times it is the sum over the W window tokens of
+    // the group-mean probability.
+    s.selection_score.assign(s.score.begin(), s.score.end());
+    kernels::scale(static_cast<float>(ctx.window.num_tokens), s.selection_score.data(), n);
+  }
+
+  /// Evicts; when the scores came from the window, the kept entries take them as their
+  /// accumulated scores (seed_scores), so decoding accumulates from there.
+  template <StorageElement T>
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    s.plan.set_keep(s.selection.keep, ctx.head.length);
+    s.plan.evicted = s.selection.removed.size();
+    if (!options_.seed_scores || !ctx.head.scores || has_accumulated(ctx.head)) return;
+    s.plan.slot_scores.resize(s.selection.keep.size());
+    for (std::size_t k = 0; k < s.selection.keep.size(); ++k) s.plan.slot_scores[k] = s.selection_score[s.selection.keep[k]];
+    s.plan.identity = false;
   }
 
   /// H2OOptions from a registry option string: sinks, recent, seed_scores.
@@ -127,6 +116,11 @@ class H2O : public UniformBudgets<H2O> {
   }
 
  private:
+  template <StorageElement T>
+  static bool has_accumulated(const HeadView<T>& head) noexcept {
+    return head.scores && std::any_of(head.scores, head.scores + head.length, [](float a) { return a != 0.0f; });
+  }
+
   H2OOptions options_;
 };
 

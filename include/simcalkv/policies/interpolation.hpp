@@ -32,8 +32,8 @@
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/similarity.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
-#include "simcalkv/policies/simcalkv.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/policies/match.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <algorithm>
@@ -132,7 +132,7 @@ struct InterpolationKVOptions {
 
 /// LerpKV, SlerpKV and NlerpKV: one class, the interpolation a template argument.
 template <Interpolation Mode>
-class InterpolationKV : public UniformBudgets<InterpolationKV<Mode>> {
+class InterpolationKV : public StagedPolicy<InterpolationKV<Mode>> {
  public:
   InterpolationKV() = default;
   explicit InterpolationKV(const InterpolationKVOptions& options) : options_(options) {
@@ -149,31 +149,32 @@ class InterpolationKV : public UniformBudgets<InterpolationKV<Mode>> {
   }
   [[nodiscard]] const InterpolationKVOptions& options() const noexcept { return options_; }
 
-  /// For budget allocators (AdaKV) that give heads different budgets.
+  static constexpr bool needs_window = true;
+
+  /// Score: window attention.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    s.selection_score.assign(s.score.begin(), s.score.end());
   }
 
-  /// Plans one head into s.plan.
+  /// Match (nearest kept key above the threshold) and Merge (interpolation in position order).
   template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
-                 const WindowView& window, HeadScratch& s) const {
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    const auto& head = ctx.head;
     const auto d = static_cast<std::size_t>(head.head_dim);
     const std::size_t n = head.length;
-    kernels::load_keys(head, s);
-    kernels::score_window(head, window, kv_head, group, s);
-    select_and_match(s.score.data(), n, d, budget, protection, options_.search, options_.search_radius, s);
-    const auto& keep = s.indices;
-    const auto& removed = s.indices2;
-    for (std::size_t c = 0; c < removed.size(); ++c)
-      if (!(s.similarity[c] >= options_.similarity_threshold)) s.assignment[c] = -1;
+    match_removed(d, options_.search, options_.search_radius, s);
+    drop_matches_below(options_.similarity_threshold, s.matching);
+    const auto& keep = s.selection.keep;
+    const auto& removed = s.selection.removed;
+    const auto& target = s.matching.target;
 
     HeadPlan& plan = s.plan;
     plan.set_keep(keep, n);
     for (std::size_t c = 0; c < removed.size(); ++c)
-      if (s.assignment[c] >= 0) plan.row_of_slot[static_cast<std::size_t>(s.assignment[c])] = -2;  // receives
+      if (target[c] >= 0) plan.row_of_slot[static_cast<std::size_t>(target[c])] = -2;  // receives
     std::vector<double> folded;        // per row: mass folded so far
     std::vector<std::size_t> members;  // per row: entries folded so far
     for (std::size_t k = 0; k < keep.size(); ++k) {
@@ -190,13 +191,13 @@ class InterpolationKV : public UniformBudgets<InterpolationKV<Mode>> {
     }
     std::vector<float> value(d);
     for (std::size_t c = 0; c < removed.size(); ++c) {  // ascending positions
-      if (s.assignment[c] < 0) {
+      if (target[c] < 0) {
         ++plan.evicted;
         continue;
       }
       ++plan.merged;
       const std::uint32_t e = removed[c];
-      const auto r = static_cast<std::size_t>(plan.row_of_slot[static_cast<std::size_t>(s.assignment[c])]);
+      const auto r = static_cast<std::size_t>(plan.row_of_slot[static_cast<std::size_t>(target[c])]);
       const double w = s.mass[e];
       const double total = folded[r] + w;
       const double t = total > 1e-30 ? w / total : 1.0 / static_cast<double>(members[r] + 1);

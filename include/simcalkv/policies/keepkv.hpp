@@ -32,8 +32,8 @@
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/similarity.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
-#include "simcalkv/policies/simcalkv.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/policies/match.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <cmath>
@@ -79,7 +79,7 @@ inline void keepkv_ema_scores(const HeadScratch& s, std::size_t n, int group, in
 
 }  // namespace detail
 
-class KeepKV : public UniformBudgets<KeepKV> {
+class KeepKV : public StagedPolicy<KeepKV> {
  public:
   KeepKV() = default;
   explicit KeepKV(const KeepKVOptions& options) : options_(options) {
@@ -93,27 +93,25 @@ class KeepKV : public UniformBudgets<KeepKV> {
   [[nodiscard]] std::string_view name() const noexcept { return "KeepKV"; }
   [[nodiscard]] const KeepKVOptions& options() const noexcept { return options_; }
 
-  /// For budget allocators (AdaKV) that give heads different budgets.
+  static constexpr bool needs_window = true;
+
+  /// Score: the bias-corrected EMA of the window attention; the merge weights are the same scores.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    detail::keepkv_ema_scores(s, ctx.head.length, ctx.group, ctx.window.num_tokens, options_.ema_alpha,
+                              s.selection_score);
+    s.mass = s.selection_score;  // merge weights w = p * s: the EMA scores, votes included through the bias
   }
 
-  /// Plans one head into s.plan.
+  /// Match (nearest kept key above the threshold) and Merge (log-count bias).
   template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
-                 const WindowView& window, HeadScratch& s) const {
-    kernels::load_keys(head, s);
-    kernels::score_window(head, window, kv_head, group, s);
-    detail::keepkv_ema_scores(s, head.length, group, window.num_tokens, options_.ema_alpha, s.score);
-    s.mass = s.score;  // merge weights w = p * s: the EMA scores, votes included through the bias
-    select_and_match(s.score.data(), head.length, static_cast<std::size_t>(head.head_dim), budget, protection,
-                     options_.search, options_.search_radius, s);
-    for (std::size_t c = 0; c < s.assignment.size(); ++c)
-      if (!(s.similarity[c] >= options_.similarity_threshold)) s.assignment[c] = -1;
-    kernels::merge_into_plan(head, s, s.indices, s.indices2, s.assignment,
-                             kernels::MergeOptions{BiasMode::log_count, true}, s.plan);
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    match_removed(static_cast<std::size_t>(ctx.head.head_dim), options_.search, options_.search_radius, s);
+    drop_matches_below(options_.similarity_threshold, s.matching);
+    kernels::merge_into_plan(ctx.head, s, s.selection, s.matching, kernels::MergeOptions{BiasMode::log_count, true},
+                             s.plan);
   }
 
   /// KeepKVOptions from a registry option string: sinks, recent, threshold, ema, search, radius.

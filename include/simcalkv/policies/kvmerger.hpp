@@ -33,8 +33,7 @@
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
-#include "simcalkv/policies/simcalkv.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <algorithm>
@@ -54,7 +53,7 @@ struct KVMergerOptions {
   float sigma = 0.0f;
 };
 
-class KVMerger : public UniformBudgets<KVMerger> {
+class KVMerger : public StagedPolicy<KVMerger> {
  public:
   KVMerger() = default;
   explicit KVMerger(const KVMergerOptions& options) : options_(options) {
@@ -67,38 +66,38 @@ class KVMerger : public UniformBudgets<KVMerger> {
   [[nodiscard]] std::string_view name() const noexcept { return "KVMerger"; }
   [[nodiscard]] const KVMergerOptions& options() const noexcept { return options_; }
 
-  /// For budget allocators (AdaKV) that give heads different budgets.
+  static constexpr bool needs_window = true;
+
+  /// Score: window attention.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    s.selection_score.assign(s.score.begin(), s.score.end());
   }
 
-  /// Plans one head into s.plan.
+  /// Merge: consecutive runs of similar keys fold into their kept member, Gaussian-weighted
+  /// around the run's best-scored entry.
   template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
-                 const WindowView& window, HeadScratch& s) const {
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    const auto& head = ctx.head;
     const auto d = static_cast<std::size_t>(head.head_dim);
     const std::size_t n = head.length;
-    kernels::load_keys(head, s);
-    kernels::score_window(head, window, kv_head, group, s);
-    kernels::select_top(s.score.data(), n, budget, protection, s.indices, s.indices2);
-    const auto& keep = s.indices;
+    const auto& keep = s.selection.keep;
     HeadPlan& plan = s.plan;
     plan.set_keep(keep, n);
 
     // slot_of[j]: j's slot if kept, else -1.
-    std::vector<std::int32_t>& slot_of = s.assignment;
-    slot_of.assign(n, -1);
+    std::vector<std::int32_t> slot_of(n, -1);
     for (std::size_t k = 0; k < keep.size(); ++k) slot_of[keep[k]] = static_cast<std::int32_t>(k);
     // link[j]: cosine similarity of the keys of j and j + 1.
-    std::vector<float>& link = s.similarity;
-    link.assign(n > 0 ? n - 1 : 0, 0.0f);
+    std::vector<float> link(n > 0 ? n - 1 : 0, 0.0f);
     for (std::size_t j = 0; j + 1 < n; ++j)
       link[j] = kernels::dot(s.keys.data() + j * d, s.keys.data() + (j + 1) * d, d) * s.inv_norms[j] *
                 s.inv_norms[j + 1];
 
     std::vector<float> row(d), value(d);
+    std::vector<float> distance;
     auto merge_set = [&](std::size_t lo, std::size_t hi, std::int32_t slot) {  // entries [lo, hi]
       if (slot < 0) {
         plan.evicted += hi - lo + 1;
@@ -110,14 +109,13 @@ class KVMerger : public UniformBudgets<KVMerger> {
       for (std::size_t j = lo + 1; j <= hi; ++j)
         if (s.score[j] > s.score[pivot]) pivot = j;
       const float* kp = s.keys.data() + pivot * d;
-      // Squared distances to the pivot, in `s.floats`.
-      s.floats.resize(hi - lo + 1);
+      distance.resize(hi - lo + 1);  // squared distances to the pivot
       double distance_sum = 0.0;
       for (std::size_t j = lo; j <= hi; ++j) {
         const float* kj = s.keys.data() + j * d;
         double sq = 0.0;
         for (std::size_t i = 0; i < d; ++i) sq += static_cast<double>(kj[i] - kp[i]) * (kj[i] - kp[i]);
-        s.floats[j - lo] = static_cast<float>(sq);
+        distance[j - lo] = static_cast<float>(sq);
         distance_sum += std::sqrt(sq);
       }
       const double sigma = options_.sigma > 0.0f ? options_.sigma
@@ -130,7 +128,7 @@ class KVMerger : public UniformBudgets<KVMerger> {
       float score = 0.0f;
       for (std::size_t j = lo; j <= hi; ++j) {
         // sigma == 0 only when every member's key equals the pivot's: all weights are 1.
-        const double g = sigma > 0.0 ? std::exp(-static_cast<double>(s.floats[j - lo]) / (2.0 * sigma * sigma)) : 1.0;
+        const double g = sigma > 0.0 ? std::exp(-static_cast<double>(distance[j - lo]) / (2.0 * sigma * sigma)) : 1.0;
         total += g;
         head.load_value(j, value.data());
         kernels::axpy(static_cast<float>(g), s.keys.data() + j * d, key_row, d);

@@ -1,11 +1,9 @@
-// simcalkv: the selection and matching steps the merging policies share (SimCalKV, KeepKV, D2O,
-// Lerp/Slerp/NlerpKV): keep the best-scored entries, then pair each removed entry with its most
-// cosine-similar survivor, which it will merge into.
+// simcalkv: the Match stage the merging policies share (SimCalKV, KeepKV, D2O, Lerp/Slerp/NlerpKV):
+// pair each removed entry with its most cosine-similar survivor, which it will merge into.
 #pragma once
 
-#include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/similarity.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/scratch.hpp"
 
 #include <cstddef>
 
@@ -16,20 +14,22 @@ enum class SimilaritySearch {
   exact,  // every survivor: O(|E| |C| d)
 };
 
-/// Keeps the protected entries and the top scorers up to `budget` in s.indices (ascending), puts
-/// the other entries in s.indices2, and matches each of those with its most cosine-similar kept
-/// key: s.assignment[c] is the slot of removed entry c's match, s.similarity[c] the similarity.
-/// Needs kernels::load_keys to have filled s.keys and s.inv_norms.
-inline void select_and_match(const float* selection_score, std::size_t n, std::size_t head_dim, std::size_t budget,
-                             const Protection& protection, SimilaritySearch search, std::size_t search_radius,
-                             HeadScratch& s) {
-  kernels::select_top(selection_score, n, budget, protection, s.indices, s.indices2);
-  kernels::complement(s.indices, n, s.indices2);
-  const kernels::SimilarityInputs inputs{s.keys.data(), s.inv_norms.data(), head_dim, s.indices, s.indices2};
+/// Matches every entry of s.selection.removed with its most cosine-similar kept key:
+/// s.matching.target[c] is the slot of removed entry c's match, s.matching.similarity[c] the
+/// similarity. Needs kernels::load_keys to have filled s.keys and s.inv_norms.
+inline void match_removed(std::size_t head_dim, SimilaritySearch search, std::size_t search_radius, HeadScratch& s) {
+  const kernels::SimilarityInputs inputs{s.keys.data(), s.inv_norms.data(), head_dim, s.selection.keep,
+                                         s.selection.removed};
   if (search == SimilaritySearch::local)
-    kernels::assign_local(inputs, search_radius, s.assignment, s.similarity);
+    kernels::assign_local(inputs, search_radius, s.matching.target, s.matching.similarity);
   else
-    kernels::assign_exact(inputs, s.floats, s.assignment, s.similarity);
+    kernels::assign_exact(inputs, s.floats, s.matching.target, s.matching.similarity);
+}
+
+/// Unmatches (evicts) removed entries whose best similarity is below `threshold` (or NaN).
+inline void drop_matches_below(float threshold, Matching& m) {
+  for (std::size_t c = 0; c < m.target.size(); ++c)
+    if (!(m.similarity[c] >= threshold)) m.target[c] = -1;
 }
 
 }  // namespace simcalkv

@@ -11,7 +11,7 @@
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/similarity.hpp"
 #include "simcalkv/policies/match.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 
 #include <limits>
 #include <string_view>
@@ -31,7 +31,7 @@ struct SimCalKVOptions {
   bool merge_keys = true;
 };
 
-class SimCalKV : public UniformBudgets<SimCalKV> {
+class SimCalKV : public StagedPolicy<SimCalKV> {
  public:
   SimCalKV() = default;
   explicit SimCalKV(const SimCalKVOptions& options) : options_(options) {
@@ -41,33 +41,29 @@ class SimCalKV : public UniformBudgets<SimCalKV> {
                     "SimCalKV: similarity threshold is NaN");
   }
 
+  static constexpr bool needs_window = true;
   [[nodiscard]] std::string_view name() const noexcept { return "SimCalKV"; }
   [[nodiscard]] const SimCalKVOptions& options() const noexcept { return options_; }
 
-  /// For budget allocators (AdaKV) that give heads different budgets.
+  /// Score: window attention, pooled if asked. Leaves keys, probabilities and masses in s.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return compress_heads_with_window(*this, request, workspace, budgets, options_.sink_tokens, options_.recent_tokens);
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    s.selection_score.resize(ctx.head.length);
+    if (options_.pooling != kernels::Pooling::none)
+      kernels::pool_scores(s.score.data(), s.selection_score.data(), ctx.head.length, options_.pooling,
+                           options_.pool_kernel);
+    else
+      std::copy(s.score.begin(), s.score.end(), s.selection_score.begin());
   }
 
-  /// Plans one head into s.plan; public so per-head allocators and tools can reuse it.
+  /// Match (nearest kept key) and Merge (mass-weighted, calibrated bias).
   template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
-                 const WindowView& window, HeadScratch& s) const {
-    kernels::load_keys(head, s);
-    kernels::score_window(head, window, kv_head, group, s);
-    const float* selection_score = s.score.data();
-    if (options_.pooling != kernels::Pooling::none) {
-      s.similarity.resize(head.length);
-      kernels::pool_scores(s.score.data(), s.similarity.data(), head.length, options_.pooling, options_.pool_kernel);
-      selection_score = s.similarity.data();
-    }
-    select_and_match(selection_score, head.length, static_cast<std::size_t>(head.head_dim), budget, protection,
-                     options_.search, options_.search_radius, s);
-    for (std::size_t c = 0; c < s.assignment.size(); ++c)
-      if (s.similarity[c] < options_.similarity_threshold) s.assignment[c] = -1;
-    kernels::merge_into_plan(head, s, s.indices, s.indices2, s.assignment,
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    match_removed(static_cast<std::size_t>(ctx.head.head_dim), options_.search, options_.search_radius, s);
+    drop_matches_below(options_.similarity_threshold, s.matching);
+    kernels::merge_into_plan(ctx.head, s, s.selection, s.matching,
                              kernels::MergeOptions{options_.bias, options_.merge_keys}, s.plan);
   }
 

@@ -14,8 +14,7 @@
 
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
-#include "simcalkv/policies/simcalkv.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <algorithm>
@@ -53,7 +52,7 @@ inline kernels::Pooling read_pooling(PolicyOptions& o, kernels::Pooling fallback
 
 }  // namespace detail
 
-class SnapKV : public UniformBudgets<SnapKV> {
+class SnapKV : public StagedPolicy<SnapKV> {
  public:
   SnapKV() = default;
   explicit SnapKV(const SnapKVOptions& options) : options_(options) {
@@ -61,43 +60,21 @@ class SnapKV : public UniformBudgets<SnapKV> {
     detail::require(options.recent_tokens >= -1, ErrorCode::invalid_argument, "SnapKV: recent must be -1 or more");
   }
 
+  static constexpr bool needs_window = true;
   [[nodiscard]] std::string_view name() const noexcept { return "SnapKV"; }
   [[nodiscard]] const SnapKVOptions& options() const noexcept { return options_; }
   [[nodiscard]] Protection protection(const WindowView& window) const noexcept {
     return make_protection(options_.sink_tokens, options_.recent_tokens, window.num_tokens);
   }
 
+  /// Score: window attention, pooled over the entries before the recent ones. Eviction only:
+  /// kept entries are moved, never rewritten.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return compress_as(name(), request, workspace, budgets);
-  }
-
-  /// compress_with_budgets under another policy name (PyramidKV runs SnapKV's selection).
-  template <StorageElement T>
-  CompressionStats compress_as(std::string_view policy, const LayerRequest<T>& request, Workspace& workspace,
-                               std::span<const std::size_t> budgets) const {
-    detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument, policy,
-                    ": needs an observation window (no window queries given)");
-    const Protection p = protection(request.window);
-    const int group = request.group_size();
-    return run_compression(request, workspace, policy, budgets, p,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, static_cast<int>(h), group, budget, p, request.window, s);
-                           });
-  }
-
-  /// Plans one head into s.plan; leaves the selection score in s.similarity.
-  template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
-                 const WindowView& window, HeadScratch& s) const {
-    const std::size_t n = head.length;
-    kernels::load_keys(head, s);
-    kernels::score_window(head, window, kv_head, group, s);
-    detail::pooled_prefix_scores(s.score, n, protection.recent, options_.pooling, options_.pool_kernel, s.similarity);
-    kernels::select_top(s.similarity.data(), n, budget, protection, s.indices, s.indices2);
-    s.plan.set_keep(s.indices, n);
-    s.plan.evicted = n - s.indices.size();
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    detail::pooled_prefix_scores(s.score, ctx.head.length, protection(ctx.window).recent, options_.pooling,
+                                 options_.pool_kernel, s.selection_score);
   }
 
   /// SnapKVOptions from a registry option string: sinks, recent, pooling, pool_kernel.

@@ -7,7 +7,7 @@
 // moved, never rewritten. Default S = 4, the paper's four initial tokens.
 #pragma once
 
-#include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <cstdint>
@@ -21,7 +21,7 @@ struct StreamingLLMOptions {
   std::size_t sink_tokens = 4;  // S; the rest of the budget goes to the most recent entries
 };
 
-class StreamingLLM : public UniformBudgets<StreamingLLM> {
+class StreamingLLM : public StagedPolicy<StreamingLLM> {
  public:
   StreamingLLM() = default;
   explicit StreamingLLM(const StreamingLLMOptions& options) : options_(options) {}
@@ -33,25 +33,13 @@ class StreamingLLM : public UniformBudgets<StreamingLLM> {
     return Protection{options_.sink_tokens, 0};
   }
 
+  /// Score: recency. With the sinks protected, the top scorers are the most recent entries.
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
-    return run_compression(request, workspace, name(), budgets, protection(request.window),
-                           [&](std::size_t, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, budget, s);
-                           });
-  }
-
-  /// Plans one head into s.plan: sinks plus the most recent, `budget` entries in all.
-  template <StorageElement T>
-  void plan_head(const HeadView<T>& head, std::size_t budget, HeadScratch& s) const {
-    const std::size_t n = head.length;
-    const std::size_t sinks = std::min({options_.sink_tokens, budget, n});
-    s.indices.clear();
-    for (std::size_t j = 0; j < sinks; ++j) s.indices.push_back(static_cast<std::uint32_t>(j));
-    for (std::size_t j = n - (budget - sinks); j < n; ++j) s.indices.push_back(static_cast<std::uint32_t>(j));
-    s.plan.set_keep(s.indices, n);
-    s.plan.evicted = n - s.indices.size();
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    detail::require(ctx.head.length <= (std::size_t{1} << 24), ErrorCode::invalid_argument, name(),
+                    ": more than 2^24 entries, whose indices a float score cannot order exactly");
+    s.selection_score.resize(ctx.head.length);
+    for (std::size_t j = 0; j < ctx.head.length; ++j) s.selection_score[j] = static_cast<float>(j);
   }
 
   /// StreamingLLMOptions from a registry option string: sinks.

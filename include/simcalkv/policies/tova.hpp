@@ -15,8 +15,7 @@
 
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
-#include "simcalkv/policies/simcalkv.hpp"
-#include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 #include "simcalkv/policy_options.hpp"
 
 #include <span>
@@ -29,7 +28,7 @@ struct TOVAOptions {
   int recent_tokens = -1;  // -1: the window's length
 };
 
-class TOVA : public UniformBudgets<TOVA> {
+class TOVA : public StagedPolicy<TOVA> {
  public:
   TOVA() = default;
   explicit TOVA(const TOVAOptions& options) : options_(options) {
@@ -53,31 +52,19 @@ class TOVA : public UniformBudgets<TOVA> {
     return last;
   }
 
+  [[nodiscard]] WindowView scoring_window(const WindowView& window) const noexcept { return last_query(window); }
   template <StorageElement T>
-  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
-                                         std::span<const std::size_t> budgets) const {
+  void check_request(const LayerRequest<T>& request) const {
     detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument,
                     "TOVA: needs at least one window query (the newest token's)");
-    const Protection p = protection(request.window);
-    const WindowView last = last_query(request.window);
-    const int group = request.group_size();
-    return run_compression(request, workspace, name(), budgets, p,
-                           [&](std::size_t h, const HeadView<T>& head, std::size_t budget, HeadScratch& s) {
-                             plan_head(head, static_cast<int>(h), group, budget, p, last, s);
-                           });
   }
 
-  /// Plans one head into s.plan; `last` is the newest token's window (see last_query). Leaves the
-  /// scores in s.score.
+  /// Score: the newest query's attention (ctx.window is last_query's), group-averaged.
   template <StorageElement T>
-  void plan_head(const HeadView<T>& head, int kv_head, int group, std::size_t budget, const Protection& protection,
-                 const WindowView& last, HeadScratch& s) const {
-    const std::size_t n = head.length;
-    kernels::load_keys(head, s);
-    kernels::score_window(head, last, kv_head, group, s);
-    kernels::select_top(s.score.data(), n, budget, protection, s.indices, s.indices2);
-    s.plan.set_keep(s.indices, n);
-    s.plan.evicted = n - s.indices.size();
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    s.selection_score.assign(s.score.begin(), s.score.end());
   }
 
   /// TOVAOptions from a registry option string: sinks, recent.

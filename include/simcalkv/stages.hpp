@@ -1,0 +1,292 @@
+// simcalkv: a policy as typed stages, and the one driver that runs them for a layer.
+//
+//   Budget  schedule(request, base)            per-head budgets before scores (layer schedules)
+//   Score   score(ctx, s)                      s.selection_score: one score per entry
+//   Budget  reallocate(request, scores, ...)   per-head budgets from the scores (AdaKV)
+//   Select  (the driver)                       s.selection: per head, or one set for the layer
+//   Match + Merge  finish(ctx, s)              s.plan: matching and rewritten rows
+//
+// A policy supplies score() and whatever else it changes; the driver supplies the rest with the
+// defaults below (an eviction policy supplies only its score, as kvpress's ScorerPress does). A
+// layer is scored once: the allocators (AdaKV, layer schedules) and the shared selection read the
+// same scores the policy then selects by. Hooks, all optional except score():
+//   Protection protection(const WindowView&)                    fixed protected entries
+//   Protection protection_for(const WindowView&, budget, n)     when it depends on the budget
+//   static constexpr bool needs_window                          refuse requests without queries
+//   void check_request(const LayerRequest<T>&)                  policy-specific requirements
+//   WindowView scoring_window(const WindowView&)                the queries it scores with
+//   std::vector<size_t> schedule(const LayerRequest<T>&, base)  budgets before scoring
+//   std::vector<size_t> reallocate(const LayerRequest<T>&, std::span<const std::span<const float>>,
+//                                  std::span<const size_t>, const Protection&)
+//   void finish(const HeadContext<T>&, HeadScratch&)            default: evict what was not kept
+#pragma once
+
+#include "simcalkv/kernels/dispatch.hpp"
+#include "simcalkv/kernels/select.hpp"
+#include "simcalkv/layouts/compact.hpp"
+#include "simcalkv/policy.hpp"
+
+#include <concepts>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+namespace simcalkv {
+
+/// What a stage knows about the head it works on.
+template <StorageElement T>
+struct HeadContext {
+  const HeadView<T>& head;
+  const WindowView& window;  // the policy's scoring window
+  int layer = 0;
+  int num_layers = 1;
+  int kv_head = 0;
+  int group = 1;
+  Protection protection{};  // for this head's budget (set before Select)
+  std::size_t budget = 0;   // set before Select; a score stage must not depend on it
+};
+
+namespace stage {
+
+/// The entries `policy` never removes under `window`: its protection() if it has one, else its
+/// options' sink_tokens / recent_tokens (recent -1: the window's length), else none.
+template <class P>
+Protection protection(const P& policy, const WindowView& window) {
+  if constexpr (requires { { policy.protection(window) } -> std::convertible_to<Protection>; }) {
+    return policy.protection(window);
+  } else if constexpr (requires { policy.options().sink_tokens; policy.options().recent_tokens; }) {
+    return make_protection(static_cast<std::size_t>(policy.options().sink_tokens),
+                           static_cast<int>(policy.options().recent_tokens), window.num_tokens);
+  } else {
+    return Protection{0, 0};
+  }
+}
+
+template <class P>
+Protection protection_for(const P& policy, const WindowView& window, std::size_t budget, std::size_t n) {
+  if constexpr (requires { { policy.protection_for(window, budget, n) } -> std::convertible_to<Protection>; })
+    return policy.protection_for(window, budget, n);
+  else
+    return protection(policy, window);
+}
+
+/// A policy's own requirements; `static constexpr bool needs_window = true` asks for window queries.
+template <class P, StorageElement T>
+void check(const P& policy, const LayerRequest<T>& request) {
+  if constexpr (requires { P::needs_window; })
+    if constexpr (P::needs_window)
+      detail::require(request.window.num_tokens > 0, ErrorCode::invalid_argument, policy.name(),
+                      ": needs an observation window (no window queries given)");
+  if constexpr (requires { policy.check_request(request); }) policy.check_request(request);
+}
+
+template <class P>
+WindowView scoring_window(const P& policy, const WindowView& window) {
+  if constexpr (requires { { policy.scoring_window(window) } -> std::convertible_to<WindowView>; })
+    return policy.scoring_window(window);
+  else
+    return window;
+}
+
+template <class P, StorageElement T>
+std::vector<std::size_t> schedule(const P& policy, const LayerRequest<T>& request, std::span<const std::size_t> base) {
+  if constexpr (requires { { policy.schedule(request, base) } -> std::convertible_to<std::vector<std::size_t>>; })
+    return policy.schedule(request, base);
+  else
+    return std::vector<std::size_t>(base.begin(), base.end());
+}
+
+template <class P, class T>
+concept Reallocates = requires(const P& policy, const LayerRequest<T>& request,
+                               std::span<const std::span<const float>> scores, std::span<const std::size_t> budgets,
+                               const Protection& protection) {
+  { policy.reallocate(request, scores, budgets, protection) } -> std::convertible_to<std::vector<std::size_t>>;
+};
+
+/// Whether the policy scores entries at all (Full does not).
+template <class P, class T>
+concept Scores = requires(const P& policy, const HeadContext<T>& ctx, HeadScratch& s) { policy.score(ctx, s); };
+
+template <class P, StorageElement T>
+void finish(const P& policy, const HeadContext<T>& ctx, HeadScratch& s) {
+  if constexpr (requires { policy.finish(ctx, s); }) {
+    policy.finish(ctx, s);
+  } else {
+    s.plan.set_keep(s.selection.keep, ctx.head.length);
+    s.plan.evicted = s.selection.removed.size();
+  }
+}
+
+}  // namespace stage
+
+/// Runs the stages of `policy` over one layer (see the file comment); `base` are the per-head
+/// budgets before any schedule. Reads the cache only.
+template <class P, StorageElement T>
+LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace& workspace,
+                     std::span<const std::size_t> base) {
+  using detail::require;
+  const std::string who(policy.name());
+  stage::check(policy, request);
+  const Protection protection = stage::protection(policy, request.window);
+  detail::validate_request(request, who, base, protection);
+  std::vector<std::size_t> budgets = stage::schedule(policy, request, base);
+  const std::size_t H = request.heads.size();
+  require(budgets.size() == H, ErrorCode::invalid_argument, who, ": the schedule gave ", budgets.size(),
+          " budgets for ", H, " heads");
+  const bool shared = request.shared_selection;
+  if (shared)
+    for (std::size_t h = 1; h < H; ++h)
+      require(request.heads[h].length == request.heads[0].length && budgets[h] == budgets[0],
+              ErrorCode::invalid_argument, who, ": a shared selection needs equal lengths and budgets, but KV head ",
+              h, " has length ", request.heads[h].length, " and budget ", budgets[h], ", KV head 0 ",
+              request.heads[0].length, " and ", budgets[0]);
+  constexpr bool reallocates = stage::Reallocates<P, T>;
+  require(!(shared && reallocates), ErrorCode::invalid_argument, who,
+          ": per-head budgets and a shared selection exclude each other");
+
+  const WindowView window = stage::scoring_window(policy, request.window);
+  const int group = request.group_size();
+  workspace.prepare(H);
+  std::vector<HeadScratch*> scratch(H);
+  for (std::size_t h = 0; h < H; ++h) scratch[h] = &workspace.head(h);
+  auto context = [&](std::size_t h) {
+    return HeadContext<T>{request.heads[h], window, request.layer, request.num_layers, static_cast<int>(h), group};
+  };
+
+  // Score every head that loses entries (every head when the budgets or the selection need all).
+  request.exec().parallel_for(H, [&](std::size_t h) {
+    HeadScratch& s = *scratch[h];
+    const HeadView<T>& head = request.heads[h];
+    s.plan.reset(head.length);
+    detail::validate_head_contents(head, who + ": KV head " + std::to_string(h), request.check_finite, s.floats);
+    if constexpr (stage::Scores<P, T>) {
+      if (!(reallocates || shared) && budgets[h] >= head.length) return;
+      s.selection_score.clear();
+      policy.score(context(h), s);
+      require(s.selection_score.size() == head.length, ErrorCode::invalid_argument, who, ": KV head ", h,
+              ": the score stage gave ", s.selection_score.size(), " scores for ", head.length, " entries");
+    }
+  });
+
+  if constexpr (reallocates) {
+    std::vector<std::span<const float>> scores(H);
+    for (std::size_t h = 0; h < H; ++h) scores[h] = scratch[h]->selection_score;
+    budgets = policy.reallocate(request, scores, budgets, protection);
+    require(budgets.size() == H, ErrorCode::invalid_argument, who, ": reallocation gave ", budgets.size(),
+            " budgets for ", H, " heads");
+  }
+  for (std::size_t h = 0; h < H; ++h)
+    require(budgets[h] <= request.heads[h].length, ErrorCode::budget_out_of_range, who, ": KV head ", h,
+            ": budget ", budgets[h], " exceeds the length ", request.heads[h].length);
+
+  // One kept set for the layer: the heads' mean score, selected once.
+  if (shared && budgets[0] < request.heads[0].length) {
+    if constexpr (stage::Scores<P, T>) {
+      const std::size_t n = request.heads[0].length;
+      std::vector<float> mean(n, 0.0f);
+      for (std::size_t h = 0; h < H; ++h) kernels::axpy(1.0f / static_cast<float>(H), scratch[h]->selection_score.data(), mean.data(), n);
+      const Protection p = stage::protection_for(policy, request.window, budgets[0], n);
+      kernels::select_entries(mean.data(), n, budgets[0], p, scratch[0]->selection);
+      for (std::size_t h = 1; h < H; ++h) scratch[h]->selection = scratch[0]->selection;
+    }
+  }
+
+  request.exec().parallel_for(H, [&](std::size_t h) {
+    HeadScratch& s = *scratch[h];
+    const HeadView<T>& head = request.heads[h];
+    if (budgets[h] >= head.length) {
+      s.plan.keep_all();
+      return;
+    }
+    auto ctx = context(h);
+    ctx.budget = budgets[h];
+    ctx.protection = stage::protection_for(policy, request.window, budgets[h], head.length);
+    if constexpr (stage::Scores<P, T>) {
+      if (!shared) kernels::select_entries(s.selection_score.data(), head.length, budgets[h], ctx.protection, s.selection);
+    }
+    stage::finish(policy, ctx, s);
+    const auto& plan = s.plan;
+    require(plan.keep.size() == budgets[h], ErrorCode::invalid_argument, who, ": planned ", plan.keep.size(),
+            " entries for a budget of ", budgets[h]);
+    require(all_finite(plan.row_keys.data(), plan.row_keys.size()) &&
+                all_finite(plan.row_values.data(), plan.row_values.size()) &&
+                all_finite(plan.row_bias.data(), plan.row_bias.size()),
+            ErrorCode::non_finite, who, ": KV head ", h, ": a merged entry came out NaN or Inf");
+  });
+
+  LayerPlan out;
+  out.policy = who;
+  out.head_dim = request.heads[0].head_dim;
+  out.shared_selection = shared;
+  out.heads.resize(H);
+  for (std::size_t h = 0; h < H; ++h) std::swap(out.heads[h], scratch[h]->plan);
+  return out;
+}
+
+/// plan / plan_with_budgets / compress / compress_with_budgets for a policy made of stages. A
+/// derived class may replace plan_with_budgets (LayerScheduled does, around an opaque policy);
+/// the others go through it.
+template <class Derived>
+class StagedPolicy {
+ public:
+  template <StorageElement T>
+  LayerPlan plan(const LayerRequest<T>& request, Workspace& workspace) const {
+    return self().plan_with_budgets(request, workspace, uniform_head_budgets(request));
+  }
+  /// `base` are the per-head budgets before the policy's own schedule or reallocation.
+  template <StorageElement T>
+  LayerPlan plan_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                              std::span<const std::size_t> base) const {
+    return plan_layer(self(), request, workspace, base);
+  }
+  template <StorageElement T>
+  CompressionStats compress(const LayerRequest<T>& request, Workspace& workspace) const {
+    return apply_and_recycle(self().plan(request, workspace), request.heads, workspace);
+  }
+  template <StorageElement T>
+  CompressionStats compress_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                                         std::span<const std::size_t> base) const {
+    return apply_and_recycle(self().plan_with_budgets(request, workspace, base), request.heads, workspace);
+  }
+
+ private:
+  const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
+};
+
+/// Whether P is made of stages (derives from StagedPolicy<P>), as opposed to an opaque policy
+/// such as AnyPolicy that only plans whole layers.
+template <class P>
+inline constexpr bool is_staged_policy = std::is_base_of_v<StagedPolicy<P>, P>;
+
+/// A policy that lets another's stages run unchanged, so it can change one of them (AdaKV the
+/// budgets, a layer schedule the budgets by depth): every hook forwards to `inner()`.
+template <class Derived, class Inner>
+class ForwardingStages : public StagedPolicy<Derived> {
+ public:
+  [[nodiscard]] Protection protection(const WindowView& window) const { return stage::protection(inner(), window); }
+  [[nodiscard]] Protection protection_for(const WindowView& window, std::size_t budget, std::size_t n) const {
+    return stage::protection_for(inner(), window, budget, n);
+  }
+  template <StorageElement T>
+  void check_request(const LayerRequest<T>& request) const {
+    stage::check(inner(), request);
+  }
+  [[nodiscard]] WindowView scoring_window(const WindowView& window) const {
+    return stage::scoring_window(inner(), window);
+  }
+  template <StorageElement T>
+    requires stage::Scores<Inner, T>
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    inner().score(ctx, s);
+  }
+  template <StorageElement T>
+  void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
+    stage::finish(inner(), ctx, s);
+  }
+
+ private:
+  const Inner& inner() const noexcept { return static_cast<const Derived&>(*this).inner(); }
+};
+
+}  // namespace simcalkv
