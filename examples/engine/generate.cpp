@@ -29,7 +29,7 @@ namespace {
 
 struct Args {
   std::string model = SIMCALKV_SOURCE_DIR "/models/simcalkv-tiny";
-  std::string prompt, prompt_file, kv_method, dump_trace, kv_dtype = "f32";
+  std::string prompt, prompt_file, kv_method, dump_trace, kv_dtype = "f32", kv_layout = "compact";
   bool has_prompt = false, json = false, decode_compress = false, ignore_eos = false, special_tokens = true;
   bool bench = false;
   int max_new_tokens = 32, window = 32, threads = 0, chunk = 512;
@@ -52,6 +52,8 @@ const char* usage_text() {
          "  --json                 print the result as JSON\n"
          "  --dump-trace FILE      write the prompt's KV trace (safetensors) to FILE\n"
          "  --kv-dtype f32|bf16    cache storage type (default f32)\n"
+         "  --kv-layout L          compact (a buffer per KV head) or paged (32-entry pages, a block table\n"
+         "                         per KV head); the same tokens either way (default compact)\n"
          "  --chunk N              prefill chunk in tokens, > 0 (default 512)\n"
          "  --decode-compress      also compress while decoding (needs --kv-method)\n"
          "  --decode-slack S       decode growth past the budget before compressing again (default 16)\n"
@@ -103,6 +105,7 @@ Args parse_args(int argc, char** argv) {
     else if (f == "--json") a.json = true;
     else if (f == "--dump-trace") a.dump_trace = value();
     else if (f == "--kv-dtype") a.kv_dtype = value();
+    else if (f == "--kv-layout") a.kv_layout = value();
     else if (f == "--chunk") a.chunk = parse_number<int>(f, value());
     else if (f == "--decode-compress") a.decode_compress = true;
     else if (f == "--decode-slack") a.decode_slack = parse_number<std::size_t>(f, value());
@@ -125,6 +128,7 @@ Args parse_args(int argc, char** argv) {
   if (!(a.top_p > 0.0 && a.top_p <= 1.0)) usage_error("--top-p must be in (0, 1]");
   if (!(a.temperature >= 0.0)) usage_error("--temperature must be >= 0");
   if (a.kv_dtype != "f32" && a.kv_dtype != "bf16") usage_error("--kv-dtype must be f32 or bf16");
+  if (a.kv_layout != "compact" && a.kv_layout != "paged") usage_error("--kv-layout must be compact or paged");
   if (a.decode_compress && a.kv_method.empty()) usage_error("--decode-compress needs --kv-method");
   return a;
 }
@@ -187,6 +191,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
   so.chunk = a.chunk;
   so.window = a.window;
   so.track_scores = a.decode_compress;
+  so.layout = a.kv_layout == "paged" ? engine::KVLayout::paged : engine::KVLayout::compact;
   engine::Session<T> s(model, so);
 #ifdef _OPENMP
   const simcalkv::OpenMPExecutor executor(a.threads);
@@ -204,7 +209,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
     trace.metadata["model_type"] = c.model_type;
     simcalkv::io::write_trace(a.dump_trace, trace);
   }
-  const std::size_t kv_before = s.cache().used_bytes();
+  const std::size_t kv_before = s.kv_used_bytes();
   double compress_s = 0;
   nlohmann::json compression = nullptr;
   if (!a.kv_method.empty()) {
@@ -222,7 +227,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
       s.enable_decode_driver(policy, dopt, exec);
     }
   }
-  const std::size_t kv_after = s.cache().used_bytes();
+  const std::size_t kv_after = s.kv_used_bytes();
 
   std::mt19937_64 rng(a.seed);
   std::vector<int> gen;
@@ -253,8 +258,9 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
   out["decode_tokens_per_second"] = decode_steps > 0 && decode_s > 0 ? decode_steps / decode_s : 0.0;
   out["kv_bytes_before"] = kv_before;
   out["kv_bytes_after"] = kv_after;
-  out["kv_bytes_end"] = s.cache().used_bytes();
+  out["kv_bytes_end"] = s.kv_used_bytes();
   out["kv_dtype"] = a.kv_dtype;
+  out["kv_layout"] = a.kv_layout;
   out["compression"] = compression;
   if (a.decode_compress) {
     const auto ds = s.decode_compression_stats();
@@ -266,7 +272,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
     const double bw = copy_bandwidth(std::size_t(512) << 20);
     const double wbytes = static_cast<double>(model.weights.bytes());
     const double kv_mid = 2.0 * static_cast<double>(c.num_layers * c.num_kv_heads * c.head_dim) * sizeof(T) *
-                          (static_cast<double>(s.cache().total_entries()) / (c.num_layers * c.num_kv_heads) -
+                          (static_cast<double>(s.kv_total_entries()) / (c.num_layers * c.num_kv_heads) -
                            decode_steps / 2.0);
     const double prefill_tps = ids.size() / prefill_s;
     const int chunks = static_cast<int>((ids.size() + static_cast<std::size_t>(a.chunk) - 1) / static_cast<std::size_t>(a.chunk));

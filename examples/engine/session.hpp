@@ -57,8 +57,15 @@ inline void rms_norm(const float* x, const float* w, int n, double eps, float* o
   for (int i = 0; i < n; ++i) out[i] = w[i] * (x[i] * scale);
 }
 
+/// Where the session keeps its KV cache: per-head buffers (KVCache) or paged blocks with a block
+/// table per KV head (PagedKVCache). Both run the same plans; with pages a multiple of 32 entries
+/// their attention, and so their generations, are bit-identical.
+enum class KVLayout { compact, paged };
+
 struct SessionOptions {
   int chunk = 512;             // prefill chunk (tokens)
+  KVLayout layout = KVLayout::compact;
+  int page_size = 32;          // entries per page of the paged layout
   bool track_scores = false;   // score accumulators in the cache (H2O-style decode policies)
   int window = 32;             // W: the last W prompt queries kept per layer for compression
 };
@@ -77,11 +84,76 @@ class Session {
         cache_({model.config.num_layers, model.config.num_kv_heads, model.config.head_dim}, 0, options.track_scores) {
     const auto& c = model.config;
     window_q_.assign(static_cast<std::size_t>(c.num_layers), {});
+    if (options.layout == KVLayout::paged)
+      paged_.emplace(typename simcalkv::PagedKVCache<T>::Shape{c.num_layers, c.num_kv_heads, c.head_dim},
+                     options.page_size, options.track_scores);
   }
 
-  [[nodiscard]] simcalkv::KVCache<T>& cache() { return cache_; }
+  /// The compact cache (only with KVLayout::compact).
+  [[nodiscard]] simcalkv::KVCache<T>& cache() {
+    if (paged_) fail("cache(): this session keeps a paged cache (paged_cache())");
+    return cache_;
+  }
+  /// The paged cache (only with KVLayout::paged).
+  [[nodiscard]] simcalkv::PagedKVCache<T>& paged_cache() {
+    if (!paged_) fail("paged_cache(): this session keeps a compact cache (cache())");
+    return *paged_;
+  }
+  [[nodiscard]] KVLayout layout() const noexcept { return paged_ ? KVLayout::paged : KVLayout::compact; }
   [[nodiscard]] const Model& model() const { return model_; }
-  [[nodiscard]] simcalkv::Position position() const { return cache_.next_position(0); }
+  [[nodiscard]] simcalkv::Position position() const {
+    return paged_ ? paged_->next_position(0) : cache_.next_position(0);
+  }
+
+  // The KV cache whatever its layout: sizes, and the prompt's keys and values for a harness that
+  // restores the post-prefill cache between runs.
+  [[nodiscard]] std::size_t kv_used_bytes() const { return paged_ ? paged_->used_bytes() : cache_.used_bytes(); }
+  [[nodiscard]] std::size_t kv_reserved_bytes() const {
+    return paged_ ? paged_->reserved_bytes() : cache_.reserved_bytes();
+  }
+  [[nodiscard]] std::size_t kv_total_entries() const {
+    return paged_ ? paged_->total_entries() : cache_.total_entries();
+  }
+  /// Releases what the compact layout does not use (paged: freed pages are already on the free list).
+  void kv_shrink_to_fit() {
+    if (!paged_) cache_.shrink_to_fit();
+  }
+  /// Layer l's keys and values, [kv_head][n][head_dim] in the storage type; every head must hold n.
+  std::size_t kv_copy(int l, std::vector<T>& keys, std::vector<T>& values) {
+    const auto& c = model_.config;
+    const auto d = static_cast<std::size_t>(c.head_dim);
+    const std::size_t n = paged_ ? paged_->length(l, 0) : cache_.head(l, 0).length;
+    keys.resize(static_cast<std::size_t>(c.num_kv_heads) * n * d);
+    values.resize(keys.size());
+    for (int h = 0; h < c.num_kv_heads; ++h) {
+      const auto hh = static_cast<std::size_t>(h);
+      if (paged_) {
+        auto& layer = paged_->layer(l);
+        if (layer.lengths[hh] != n) fail("kv_copy: KV heads of layer ", l, " differ in length");
+        for (std::size_t j = 0; j < n; ++j) {
+          const auto e = layer.entry(hh, j);
+          std::copy_n(e.key, d, keys.data() + (hh * n + j) * d);
+          std::copy_n(e.value, d, values.data() + (hh * n + j) * d);
+        }
+      } else {
+        const auto& view = cache_.head(l, h);
+        if (view.length != n || view.key_token_stride != static_cast<std::ptrdiff_t>(d) ||
+            view.value_token_stride != static_cast<std::ptrdiff_t>(d) || !view.keys_contiguous() ||
+            !view.values_contiguous())
+          fail("kv_copy: unexpected KV cache layout in layer ", l);
+        std::copy_n(view.keys, n * d, keys.data() + hh * n * d);
+        std::copy_n(view.values, n * d, values.data() + hh * n * d);
+      }
+    }
+    return n;
+  }
+  void kv_clear() { paged_ ? paged_->clear() : cache_.clear(); }
+  void kv_append(int l, std::size_t n, std::span<const T> keys, std::span<const T> values) {
+    if (paged_)
+      paged_->template append<T>(l, n, keys, values);
+    else
+      cache_.template append<T>(l, n, keys, values);
+  }
 
   /// Runs the prompt through the model in chunks; returns logits [rows][vocab] (rows = 1 or all).
   std::vector<float> prefill(std::span<const int> ids, const PrefillOptions& po = {}) {
@@ -90,6 +162,7 @@ class Session {
     const int n = static_cast<int>(ids.size());
     const int W = std::min(options_.window, n);
     window_tokens_ = W;
+    compressed_ = false;
     window_positions_.resize(static_cast<std::size_t>(W));
     for (auto& wq : window_q_) wq.assign(static_cast<std::size_t>(c.num_heads) * W * c.head_dim, 0.0f);
     const simcalkv::Position p0 = position();
@@ -130,16 +203,17 @@ class Session {
     simcalkv::CompressionStats total;
     for (int l = 0; l < c.num_layers; ++l) {
       simcalkv::LayerRequest<T> req;
-      req.heads = cache_.layer(l);
+      if (!paged_) req.heads = cache_.layer(l);
       req.window = simcalkv::make_window_view(window_q_[static_cast<std::size_t>(l)].data(), window_positions_.data(),
                                               c.num_heads, window_tokens_, c.head_dim);
       req.budget = budget;
       req.layer = l;
       req.num_layers = c.num_layers;
       req.executor = executor;
-      total += policy.compress(req, workspace_);
+      total += paged_ ? paged_->compress(l, policy, req, workspace_) : policy.compress(req, workspace_);
     }
-    cache_.shrink_to_fit();
+    kv_shrink_to_fit();
+    compressed_ = true;
     return total;
   }
 
@@ -153,6 +227,13 @@ class Session {
     for (int l = 0; l < c.num_layers && window_tokens_ > 0; ++l) {
       // record_block keeps the last options.window tokens
       driver_->record_block(l, window_q_[static_cast<std::size_t>(l)], window_positions_);
+    }
+    // After compress(), the layers stay at the budgets the policy chose for them.
+    for (int l = 0; l < c.num_layers && compressed_; ++l) {
+      std::vector<std::size_t> lengths(static_cast<std::size_t>(c.num_kv_heads));
+      for (int h = 0; h < c.num_kv_heads; ++h)
+        lengths[static_cast<std::size_t>(h)] = paged_ ? paged_->length(l, h) : cache_.head(l, h).length;
+      driver_->adopt_budgets(l, lengths);
     }
   }
   [[nodiscard]] simcalkv::CompressionStats decode_compression_stats() const { return decode_stats_; }
@@ -228,13 +309,20 @@ class Session {
           std::copy_n(v_.data() + sz(t, NKV * D) + sz(h, D), D, vh_.data() + sz(h, m * D) + sz(t, D));
         }
       if (prompt_start >= 0) record_prompt(l, m, prompt_start, prompt_len, W, trace);
-      cache_.append(l, static_cast<std::size_t>(m), std::span<const float>(kh_), std::span<const float>(vh_));
+      if (paged_)
+        paged_->append(l, static_cast<std::size_t>(m), std::span<const float>(kh_), std::span<const float>(vh_));
+      else
+        cache_.append(l, static_cast<std::size_t>(m), std::span<const float>(kh_), std::span<const float>(vh_));
       attend(l, m, pos);
       if (prompt_start < 0 && driver_) {
         // queries of this token, [NH][D], for the driver's window
-        auto stats = driver_->step(l, cache_.layer(l), std::span<const float>(q_.data(), sz(NH, D)), pos[0],
-                                   workspace_, driver_executor_);
-        decode_stats_ += stats;
+        const std::span<const float> queries(q_.data(), sz(NH, D));
+        if (paged_) {
+          driver_->record(l, queries, pos[0]);
+          decode_stats_ += driver_->maybe_compress(l, *paged_, workspace_, driver_executor_);
+        } else {
+          decode_stats_ += driver_->step(l, cache_.layer(l), queries, pos[0], workspace_, driver_executor_);
+        }
       }
       linear(attn_.data(), m, L.o, o_.data());
       for (std::size_t i = 0; i < o_.size(); ++i) x_[i] += o_[i];
@@ -286,15 +374,20 @@ class Session {
     const auto& c = model_.config;
     const int D = c.head_dim, NH = c.num_heads, NKV = c.num_kv_heads, G = c.group_size();
     const auto sz = [](auto a, auto b) { return static_cast<std::size_t>(a) * static_cast<std::size_t>(b); };
-    auto heads = cache_.layer(l);
+    std::span<simcalkv::HeadView<T>> heads;
+    if (!paged_) heads = cache_.layer(l);
+    simcalkv::PagedLayer<T>* paged = paged_ ? &paged_->layer(l) : nullptr;
     simcalkv::AttentionOptions ao;
     ao.accumulate_scores = options_.track_scores;
     if (m == 1) {
 #pragma omp parallel for schedule(static) if (NKV > 1)
       for (int h = 0; h < NKV; ++h) {
-        simcalkv::decode_attention(heads[static_cast<std::size_t>(h)],
-                                   std::span<const float>(q_.data() + sz(h * G, D), sz(G, D)), G,
-                                   std::span<float>(attn_.data() + sz(h * G, D), sz(G, D)), ao);
+        const std::span<const float> q(q_.data() + sz(h * G, D), sz(G, D));
+        const std::span<float> out(attn_.data() + sz(h * G, D), sz(G, D));
+        if (paged)
+          simcalkv::decode_attention(*paged, static_cast<std::size_t>(h), q, G, out, ao);
+        else
+          simcalkv::decode_attention(heads[static_cast<std::size_t>(h)], q, G, out, ao);
       }
       return;
     }
@@ -309,9 +402,13 @@ class Session {
       for (int g = 0; g < G; ++g)
         for (int t = 0; t < mb; ++t)
           std::copy_n(q_.data() + sz(b0 + t, NH * D) + sz(h * G + g, D), D, qg.data() + (sz(g, mb) + t) * D);
-      simcalkv::block_attention(heads[static_cast<std::size_t>(h)], std::span<const float>(qg), G,
-                                std::span<const simcalkv::Position>(pos.data() + b0, static_cast<std::size_t>(mb)),
-                                std::span<float>(og), ao);
+      const std::span<const simcalkv::Position> qpos(pos.data() + b0, static_cast<std::size_t>(mb));
+      if (paged)
+        simcalkv::block_attention(*paged, static_cast<std::size_t>(h), std::span<const float>(qg), G, qpos,
+                                  std::span<float>(og), ao);
+      else
+        simcalkv::block_attention(heads[static_cast<std::size_t>(h)], std::span<const float>(qg), G, qpos,
+                                  std::span<float>(og), ao);
       for (int g = 0; g < G; ++g)
         for (int t = 0; t < mb; ++t)
           std::copy_n(og.data() + (sz(g, mb) + t) * D, D, attn_.data() + sz(b0 + t, NH * D) + sz(h * G + g, D));
@@ -321,10 +418,12 @@ class Session {
   const Model& model_;
   SessionOptions options_;
   simcalkv::KVCache<T> cache_;
+  std::optional<simcalkv::PagedKVCache<T>> paged_;
   simcalkv::Workspace workspace_;
   std::vector<std::vector<float>> window_q_;  // per layer [NH][W][D]
   std::vector<simcalkv::Position> window_positions_;
   int window_tokens_ = 0;
+  bool compressed_ = false;  // compress() ran since the prefill
   std::optional<simcalkv::DecodeDriver<>> driver_;
   const simcalkv::Executor* driver_executor_ = nullptr;
   simcalkv::CompressionStats decode_stats_;

@@ -14,7 +14,9 @@
 // layer back to the budget with the policy, the recorded queries serving as the observation
 // window. A head's budget is the driver's budget until the first compression, then the length the
 // policy left it with (which differs from the budget under per-layer schedules, PyramidKV and
-// PyramidInfer, and per head under AdaKV). So
+// PyramidInfer, and per head under AdaKV): later compressions pass those budgets with
+// LayerRequest::schedule_budgets = false, so a layer schedule applies once and the layer then
+// stays at its scheduled budget, while AdaKV redistributes within the layer's total each time. So
 // slack 0 evicts one entry per step (H2O's and TOVA's greedy per-step rule); a larger slack
 // compresses every slack+1 steps and amortises the cost. Seed the ring with the prompt's last W
 // queries (record_block) so the first compressions see a full window.
@@ -42,6 +44,7 @@
 #include "simcalkv/executor.hpp"
 #include "simcalkv/head_view.hpp"
 #include "simcalkv/numeric.hpp"
+#include "simcalkv/paged_cache.hpp"
 #include "simcalkv/policy.hpp"
 #include "simcalkv/window.hpp"
 
@@ -89,6 +92,22 @@ class DecodeDriver {
     record_tokens(layer, queries, std::span<const Position>(&position, 1), /*tokens_inner=*/false);
   }
 
+  /// Takes the heads' current lengths as the budgets a policy chose, for a layer the host has
+  /// already compressed (after prefill): the driver then keeps the layer there, its schedule and
+  /// allocation applied once, instead of letting it regrow to the budget first.
+  void adopt_budgets(int layer, std::span<const std::size_t> lengths) {
+    LayerState& L = state(layer);
+    detail::require(!lengths.empty(), ErrorCode::invalid_argument, "DecodeDriver: layer ", layer, " has no KV heads");
+    if (!L.budget_fixed) {
+      const std::size_t longest = *std::max_element(lengths.begin(), lengths.end());
+      L.budget = options_.budget.kind() == Budget::Kind::entries ? static_cast<std::size_t>(options_.budget.value())
+                                                                  : options_.budget.for_length(longest);
+      L.budget_fixed = true;
+    }
+    L.head_budgets.assign(lengths.begin(), lengths.end());
+    L.allocated = true;
+  }
+
   /// Records m tokens' queries laid out [num_query_heads][m][head_dim] (a trace window's layout),
   /// at ascending `positions` [m]; e.g. the prompt's last W queries after prefill.
   void record_block(int layer, std::span<const float> queries, std::span<const Position> positions) {
@@ -100,56 +119,48 @@ class DecodeDriver {
   template <StorageElement T>
   CompressionStats maybe_compress(int layer, std::span<HeadView<T>> heads, Workspace& workspace,
                                   const Executor* executor = nullptr) {
-    using detail::require;
-    LayerState& L = state(layer);
-    require(!heads.empty(), ErrorCode::invalid_argument, "DecodeDriver: layer ", layer, " has no KV heads");
-    std::size_t longest = 0;
-    for (const auto& head : heads) longest = std::max(longest, head.length);
-    if (!L.budget_fixed) {
-      L.budget = options_.budget.kind() == Budget::Kind::entries ? static_cast<std::size_t>(options_.budget.value())
-                                                                  : options_.budget.for_length(longest);
-      L.budget_fixed = true;
-    }
-    const std::size_t H = heads.size();
-    if (L.head_budgets.size() != H) L.head_budgets.assign(H, L.budget);
-    bool over = false;
-    for (std::size_t h = 0; h < H; ++h) over = over || heads[h].length > L.head_budgets[h] + options_.slack;
-    if (!over) return {};
-
-    // Each head starts from the budget; a head holding fewer leaves its share to heads with room,
-    // so the layer keeps num_kv_heads * budget entries when it can (what per-head allocators split).
-    std::vector<std::size_t> budgets(H);
-    std::size_t deficit = 0;
-    for (std::size_t h = 0; h < H; ++h) {
-      budgets[h] = std::min(L.budget, heads[h].length);
-      deficit += L.budget - budgets[h];
-    }
-    for (std::size_t h = 0; h < H && deficit > 0; ++h) {
-      const std::size_t give = std::min(deficit, heads[h].length - budgets[h]);
-      budgets[h] += give;
-      deficit -= give;
-    }
-    LayerRequest<T> request;
+    std::vector<std::size_t> lengths(heads.size());
+    for (std::size_t h = 0; h < heads.size(); ++h) lengths[h] = heads[h].length;
+    const auto budgets = due_budgets(layer, lengths);
+    if (budgets.empty()) return {};
+    LayerRequest<T> request = request_for<T>(layer, executor);
     request.heads = heads;
-    request.window = window(layer);
-    request.budget = Budget::entries(L.budget);
-    request.layer = layer;
-    request.num_layers = num_layers_;
-    request.executor = executor;
-    request.check_finite = options_.check_finite;
     CompressionStats stats;
     if constexpr (PerHeadBudgetPolicy<Policy, T>) {
       stats = policy_.compress_with_budgets(request, workspace, budgets);
     } else {
+      const std::size_t budget = state(layer).budget;
       for (std::size_t h = 0; h < heads.size(); ++h)
-        require(heads[h].length >= L.budget, ErrorCode::invalid_argument, "DecodeDriver: layer ", layer, ", KV head ",
-                h, " holds ", heads[h].length, " entries, fewer than the budget ", L.budget, "; ", policy_.name(),
-                " takes no per-head budgets here (use a policy type with compress_with_budgets)");
+        detail::require(heads[h].length >= budget, ErrorCode::invalid_argument, "DecodeDriver: layer ", layer,
+                        ", KV head ", h, " holds ", heads[h].length, " entries, fewer than the budget ", budget, "; ",
+                        policy_.name(), " takes no per-head budgets here (use a policy type with compress_with_budgets)");
       stats = policy_.compress(request, workspace);
     }
-    for (std::size_t h = 0; h < H; ++h) L.head_budgets[h] = heads[h].length;  // what the policy chose
-    ++L.compressions;
+    for (std::size_t h = 0; h < heads.size(); ++h) lengths[h] = heads[h].length;
+    compressed(layer, lengths);
     return stats;
+  }
+
+  /// maybe_compress() for a layer of a PagedKVCache: the same budgets and plan, applied through
+  /// the block tables; freed pages go back to the cache's free list.
+  template <StorageElement T>
+    requires PlanningPolicy<Policy, T>
+  CompressionStats maybe_compress(int layer, PagedKVCache<T>& cache, Workspace& workspace,
+                                  const Executor* executor = nullptr) {
+    PagedLayer<T>& paged = cache.layer(layer);
+    std::vector<std::size_t> lengths(paged.lengths, paged.lengths + paged.num_seqs);
+    const auto budgets = due_budgets(layer, lengths);
+    if (budgets.empty()) return {};
+    LayerRequest<T> request = request_for<T>(layer, executor);
+    auto& views = stage_paged(paged, staging<T>());
+    request.heads = views;
+    LayerPlan plan = policy_.plan_with_budgets(request, workspace, budgets);
+    const PagedApplyResult result = apply_plan(plan, paged);
+    workspace.recycle(std::move(plan));
+    cache.release(layer, result.freed_pages);
+    lengths.assign(paged.lengths, paged.lengths + paged.num_seqs);
+    compressed(layer, lengths);
+    return result.stats;
   }
 
   /// record() then maybe_compress(): the call to make after each decoded token.
@@ -218,6 +229,71 @@ class DecodeDriver {
   }
 
  private:
+  /// The per-head budgets to compress layer `layer` to now, or none when no head is over its
+  /// budget + slack. Each head starts from the budget; a head holding fewer leaves its share to
+  /// heads with room, so the layer keeps num_kv_heads * budget entries when it can (what per-head
+  /// allocators split).
+  std::vector<std::size_t> due_budgets(int layer, std::span<const std::size_t> lengths) {
+    using detail::require;
+    LayerState& L = state(layer);
+    require(!lengths.empty(), ErrorCode::invalid_argument, "DecodeDriver: layer ", layer, " has no KV heads");
+    const std::size_t longest = *std::max_element(lengths.begin(), lengths.end());
+    if (!L.budget_fixed) {
+      L.budget = options_.budget.kind() == Budget::Kind::entries ? static_cast<std::size_t>(options_.budget.value())
+                                                                  : options_.budget.for_length(longest);
+      L.budget_fixed = true;
+    }
+    const std::size_t H = lengths.size();
+    if (L.head_budgets.size() != H) L.head_budgets.assign(H, L.budget);
+    bool over = false;
+    for (std::size_t h = 0; h < H; ++h) over = over || lengths[h] > L.head_budgets[h] + options_.slack;
+    if (!over) return {};
+    // Later compressions keep what the first one chose (its schedule and allocation), capped by
+    // what a head holds; the first starts every head from the budget.
+    const bool first = !L.allocated;
+    std::vector<std::size_t> budgets(H);
+    std::size_t deficit = 0;
+    for (std::size_t h = 0; h < H; ++h) {
+      const std::size_t target = first ? L.budget : L.head_budgets[h];
+      budgets[h] = std::min(target, lengths[h]);
+      deficit += target - budgets[h];
+    }
+    for (std::size_t h = 0; h < H && deficit > 0; ++h) {
+      const std::size_t give = std::min(deficit, lengths[h] - budgets[h]);
+      budgets[h] += give;
+      deficit -= give;
+    }
+    return budgets;
+  }
+  template <StorageElement T>
+  LayerRequest<T> request_for(int layer, const Executor* executor) {
+    LayerRequest<T> request;
+    request.window = window(layer);
+    request.budget = Budget::entries(state(layer).budget);
+    request.layer = layer;
+    request.num_layers = num_layers_;
+    request.executor = executor;
+    request.check_finite = options_.check_finite;
+    request.schedule_budgets = !state(layer).allocated;
+    return request;
+  }
+  /// After a compression: what the policy chose becomes each head's budget.
+  void compressed(int layer, std::span<const std::size_t> lengths) {
+    LayerState& L = state(layer);
+    L.head_budgets.assign(lengths.begin(), lengths.end());
+    L.allocated = true;
+    ++L.compressions;
+  }
+  template <StorageElement T>
+  Staging<T>& staging() {
+    if constexpr (std::is_same_v<T, float>) return staging_f32_;
+    else if constexpr (std::is_same_v<T, half>) return staging_f16_;
+    else return staging_bf16_;
+  }
+  Staging<float> staging_f32_;
+  Staging<half> staging_f16_;
+  Staging<bfloat16> staging_bf16_;
+
   struct LayerState {
     std::vector<float> ring;  // [W][num_query_heads][head_dim]
     std::vector<Position> ring_positions;
@@ -230,6 +306,7 @@ class DecodeDriver {
     std::size_t budget = 0;
     bool budget_fixed = false;
     std::vector<std::size_t> head_budgets;  // per KV head, after the last compression
+    bool allocated = false;                  // head_budgets came from a policy (schedule applied)
     std::size_t compressions = 0;
   };
 

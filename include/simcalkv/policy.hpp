@@ -48,6 +48,11 @@ struct LayerRequest {
   /// host's heads share cells, as llama.cpp's do, or the method selects per layer, as TOVA's
   /// paper does). Merged rows and biases stay per head. Needs equal head lengths and budgets.
   bool shared_selection = false;
+  /// false: the per-head budgets given are already this layer's, and the policy's layer schedule
+  /// (PyramidKV, PyramidInfer, LayerScheduled) is not applied again; a decode driver re-compressing
+  /// a layer to the budgets its first compression chose sets it. Per-head reallocation (AdaKV)
+  /// still runs, within the layer's total.
+  bool schedule_budgets = true;
 
   [[nodiscard]] int group_size() const noexcept {
     return heads.empty() ? 0 : window.num_query_heads / static_cast<int>(heads.size());

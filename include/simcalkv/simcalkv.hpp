@@ -14,6 +14,7 @@
 #include "simcalkv/layouts/dense.hpp"
 #include "simcalkv/layouts/paged.hpp"
 #include "simcalkv/layouts/shared_cells.hpp"
+#include "simcalkv/paged_cache.hpp"
 #include "simcalkv/numeric.hpp"
 #include "simcalkv/plan.hpp"
 #include "simcalkv/policies/full.hpp"

@@ -130,7 +130,8 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
   stage::check(policy, request);
   const Protection protection = stage::protection(policy, request.window);
   detail::validate_request(request, who, base, protection);
-  std::vector<std::size_t> budgets = stage::schedule(policy, request, base);
+  std::vector<std::size_t> budgets =
+      request.schedule_budgets ? stage::schedule(policy, request, base) : std::vector<std::size_t>(base.begin(), base.end());
   const std::size_t H = request.heads.size();
   require(budgets.size() == H, ErrorCode::invalid_argument, who, ": the schedule gave ", budgets.size(),
           " budgets for ", H, " heads");

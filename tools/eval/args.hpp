@@ -36,6 +36,7 @@ struct Args {
   unsigned long long seed = 0;
   std::string data_dir = SIMCALKV_SOURCE_DIR "/data/hub";
   std::string kv_dtype = "f32";
+  std::string kv_layout = "compact";
   int chunk = 512;
   double temperature = 0.0;
   double top_p = 1.0;
@@ -51,7 +52,8 @@ inline const char* usage_text() {
   return "usage: simcalkv-eval [--model_name DIR] [--dataset NAME_OR_FILE[,...]] [--split SPLIT]\n"
          "                     [--compress_ratio R[,R...]] [--kv_method NAME[:options][,...]|all] [--output_dir DIR]\n"
          "                     [--max_input_tokens N] [--max_new_tokens N] [--window W] [--threads T] [--seed S]\n"
-         "                     [--data_dir DIR] [--kv_dtype f32|bf16] [--chunk N] [--temperature T] [--top_p P]\n"
+         "                     [--data_dir DIR] [--kv_dtype f32|bf16] [--kv_layout compact|paged] [--chunk N]\n"
+         "                     [--temperature T] [--top_p P]\n"
          "                     [--prompt_style longbench|paper] [--no_plot] [--quiet] [--list] [--help]\n"
          "\n"
          "With no arguments: the bundled model on the bundled long-context tasks (data/tasks/*_1024.jsonl, 5 samples\n"
@@ -72,6 +74,8 @@ inline const char* usage_text() {
          "  --seed S                sampling seed (with --temperature > 0) [0]\n"
          "  --data_dir DIR          where named datasets are exported [data/hub]\n"
          "  --kv_dtype f32|bf16     KV cache storage [f32]\n"
+         "  --kv_layout L           compact (a buffer per KV head) or paged (32-entry pages, a block table per\n"
+         "                          KV head, freed pages reused); both give the same answers [compact]\n"
          "  --chunk N               prefill chunk [512]\n"
          "  --temperature T, --top_p P   sampling instead of greedy decoding [0, 1]\n"
          "  --prompt_style S        longbench (LongBench's dataset2prompt) or paper (qwen_eval.py's) [longbench]\n"
@@ -156,7 +160,7 @@ inline Args parse_args(const std::vector<std::string>& argv) {
   Args a;
   static const std::vector<std::string> with_value = {
       "model_name", "model",       "dataset",     "split",  "compress_ratio", "kv_method", "output_dir",
-      "max_input_tokens", "max_new_tokens", "nums_token", "window", "threads", "seed", "data_dir", "kv_dtype",
+      "max_input_tokens", "max_new_tokens", "nums_token", "window", "threads", "seed", "data_dir", "kv_dtype", "kv_layout",
       "chunk",      "temperature", "top_p",       "prompt_style", "plot_script"};
   static const std::vector<std::string> switches = {"no_plot", "quiet", "help", "list"};
   for (std::size_t i = 0; i < argv.size(); ++i) {
@@ -227,6 +231,10 @@ inline Args parse_args(const std::vector<std::string>& argv) {
     } else if (f == "kv_dtype") {
       if (value != "f32" && value != "bf16") throw UsageError("--kv_dtype must be f32 or bf16, got '" + value + "'");
       a.kv_dtype = value;
+    } else if (f == "kv_layout") {
+      if (value != "compact" && value != "paged")
+        throw UsageError("--kv_layout must be compact or paged, got '" + value + "'");
+      a.kv_layout = value;
     } else if (f == "prompt_style") {
       if (value == "longbench") a.prompt_style = PromptStyle::longbench;
       else if (value == "paper") a.prompt_style = PromptStyle::paper;

@@ -140,7 +140,9 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   const simcalkv::ThreadExecutor executor(a.threads > 0 ? a.threads : 1);
   const simcalkv::Executor* exec = &executor;
 #endif
-  Runner<T> runner(model, tok, {a.window, a.chunk, exec, &g_stop});
+  Runner<T> runner(model, tok,
+                   {a.window, a.chunk, exec,
+                    a.kv_layout == "paged" ? engine::KVLayout::paged : engine::KVLayout::compact, &g_stop});
 
   const std::size_t M = plan.methods.size(), R = a.compress_ratios.size();
   std::vector<Group> groups;
@@ -153,6 +155,7 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   info.model_name = a.model_name;
   info.split = a.split;
   info.kv_dtype = a.kv_dtype;
+  info.kv_layout = a.kv_layout;
   info.prompt_style = a.prompt_style == PromptStyle::paper ? "paper" : "longbench";
   info.max_input_tokens = a.max_input_tokens;
   info.max_new_tokens = a.max_new_tokens;

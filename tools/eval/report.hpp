@@ -60,6 +60,7 @@ struct RunInfo {
   std::string model_name;
   std::string split;
   std::string kv_dtype;
+  std::string kv_layout = "compact";
   std::string prompt_style;
   long long max_input_tokens = -1;  // as given (-1: automatic)
   int max_new_tokens = -1;
@@ -280,6 +281,7 @@ inline nlohmann::json group_json(const Dataset& ds, const Group& g, const RunInf
   j["max_input_tokens"] = info.max_input_tokens;
   j["window"] = info.window;
   j["kv_dtype"] = info.kv_dtype;
+  j["kv_layout"] = info.kv_layout;
   j["prompt_style"] = info.prompt_style;
   j["threads"] = info.threads;
   j["seed"] = info.seed;

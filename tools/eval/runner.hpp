@@ -108,6 +108,7 @@ class Runner {
     int window = 32;
     int chunk = 512;
     const Executor* executor = nullptr;
+    engine::KVLayout layout = engine::KVLayout::compact;  // where the session keeps the cache
     const std::atomic<bool>* stop = nullptr;  // set by SIGINT: decoding returns early, marked interrupted
   };
 
@@ -130,13 +131,13 @@ class Runner {
     so.chunk = opt_.chunk;
     so.window = opt_.window;
     so.track_scores = false;
+    so.layout = opt_.layout;
     session_ = std::make_unique<engine::Session<T>>(model_, so);
     const auto t0 = std::chrono::steady_clock::now();
     logits_ = session_->prefill(ids);
     r.prefill_seconds = detail_run::seconds_since(t0);
-    auto& cache = session_->cache();
-    cache.shrink_to_fit();
-    r.kv_bytes = cache.reserved_bytes();
+    session_->kv_shrink_to_fit();
+    r.kv_bytes = session_->kv_reserved_bytes();
     snapshot();
     r.gen = generate(d);
     return r;
@@ -154,7 +155,7 @@ class Runner {
       return r;
     }
     r.compress_seconds = detail_run::seconds_since(t0);
-    r.kv_bytes = session_->cache().reserved_bytes();
+    r.kv_bytes = session_->kv_reserved_bytes();
     r.gen = generate(d);
     return r;
   }
@@ -185,36 +186,19 @@ class Runner {
 
   /// The prompt's keys and values of every layer, [kv_head][n][head_dim] in the storage type.
   void snapshot() {
-    auto& cache = session_->cache();
     const auto& c = model_.config;
-    const auto d = static_cast<std::size_t>(c.head_dim);
-    n_ = cache.head(0, 0).length;
     keys_.assign(static_cast<std::size_t>(c.num_layers), {});
     values_.assign(static_cast<std::size_t>(c.num_layers), {});
-    for (int l = 0; l < c.num_layers; ++l) {
-      auto& K = keys_[static_cast<std::size_t>(l)];
-      auto& V = values_[static_cast<std::size_t>(l)];
-      K.resize(static_cast<std::size_t>(c.num_kv_heads) * n_ * d);
-      V.resize(K.size());
-      for (int h = 0; h < c.num_kv_heads; ++h) {
-        const auto& view = cache.head(l, h);
-        if (view.length != n_ || !view.keys_contiguous() || !view.values_contiguous() ||
-            view.key_token_stride != static_cast<std::ptrdiff_t>(d) ||
-            view.value_token_stride != static_cast<std::ptrdiff_t>(d))
-          throw engine::EngineError("simcalkv-eval: unexpected KV cache layout after prefill");
-        std::copy_n(view.keys, n_ * d, K.data() + static_cast<std::size_t>(h) * n_ * d);
-        std::copy_n(view.values, n_ * d, V.data() + static_cast<std::size_t>(h) * n_ * d);
-      }
-    }
+    for (int l = 0; l < c.num_layers; ++l)
+      n_ = session_->kv_copy(l, keys_[static_cast<std::size_t>(l)], values_[static_cast<std::size_t>(l)]);
   }
 
   /// Puts the cache back as prefill left it: the same keys and values (bit for bit), positions 0..n-1, zero biases.
   void restore() {
-    auto& cache = session_->cache();
-    cache.clear();
+    session_->kv_clear();
     for (int l = 0; l < model_.config.num_layers; ++l)
-      cache.template append<T>(l, n_, std::span<const T>(keys_[static_cast<std::size_t>(l)]),
-                               std::span<const T>(values_[static_cast<std::size_t>(l)]));
+      session_->kv_append(l, n_, std::span<const T>(keys_[static_cast<std::size_t>(l)]),
+                          std::span<const T>(values_[static_cast<std::size_t>(l)]));
   }
 
   const engine::Model& model_;

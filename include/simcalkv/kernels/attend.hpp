@@ -237,20 +237,28 @@ inline void attend_tile_blocked(const HeadView<T>& head, std::size_t j0, std::si
   }
 }
 
-/// out_r = softmax(scale * q_r . K + bias) V for every row; optionally adds each entry's mean
-/// probability over the rows to head.scores. `scratch` holds attend_scratch_floats(...) floats.
+/// out_r = softmax(scale * q_r . K + bias) V for every row over the entries of `segments` taken
+/// in order (one HeadView, or the pages of a paged sequence: one online softmax runs across them,
+/// so pages whose lengths are multiples of attend_tile give the bits of one packed head);
+/// optionally adds each entry's mean probability over the rows to its segment's scores.
+/// `scratch` holds attend_scratch_floats(rows, total entries, d, accumulate) floats.
 template <class A, class T>
-inline void attend(const HeadView<T>& head, const AttentionRows& rows, const AttentionOptions& options,
-                   float* scratch) noexcept {
+inline void attend(const HeadView<T>* segments, std::size_t num_segments, const AttentionRows& rows,
+                   const AttentionOptions& options, float* scratch) noexcept {
   using B = fbatch_t<A>;
   constexpr std::size_t L = B::size;
   constexpr std::size_t tile = attend_tile;
   constexpr float neg_inf = -std::numeric_limits<float>::infinity();
-  const auto d = static_cast<std::size_t>(head.head_dim);
+  if (num_segments == 0) return;
+  const auto d = static_cast<std::size_t>(segments[0].head_dim);
   const auto R = static_cast<std::size_t>(rows.count);
-  const std::size_t n = head.length;
+  std::size_t n = 0;
+  bool blocked = d % (2 * L) == 0;
+  for (std::size_t g = 0; g < num_segments; ++g) {
+    n += segments[g].length;
+    blocked = blocked && segments[g].key_dim_stride == 1 && segments[g].value_dim_stride == 1;
+  }
   const float scale_factor = options.scale != 0.0f ? options.scale : 1.0f / std::sqrt(static_cast<float>(d));
-  const bool blocked = d % (2 * L) == 0 && head.key_dim_stride == 1 && head.value_dim_stride == 1;
 
   float* key_tile = scratch;                  // [tile][d]
   float* value_tile = key_tile + tile * d;    // [tile][d]
@@ -278,42 +286,46 @@ inline void attend(const HeadView<T>& head, const AttentionRows& rows, const Att
     for (std::size_t i = 0; i < d; ++i) acc[r * d + i] = 0.0f;
   }
 
-  for (std::size_t j0 = 0; j0 < n; j0 += tile) {
-    const std::size_t m = tile < n - j0 ? tile : n - j0;
-    if (blocked) {
-      std::size_t r = 0;
-      auto group = [&](auto rows_in_group) {
-        constexpr int NR = decltype(rows_in_group)::value;
-        attend_tile_blocked<A, T, NR>(head, j0, m, q + r * d, rows.positions ? rows.positions + r : nullptr,
-                                      acc + r * d, running_max + r, running_sum + r, logits,
-                                      all_logits ? all_logits + r * n : nullptr, n, r == 0);
-        r += NR;
-      };
-      while (r + 4 <= R) group(std::integral_constant<int, 4>{});
-      if (r + 2 <= R) group(std::integral_constant<int, 2>{});
-      if (r < R) group(std::integral_constant<int, 1>{});
-      continue;
-    }
-    // Portable path: widen the tile's keys, one dot product per (row, entry).
-    for (std::size_t t = 0; t < m; ++t)
-      widen<A>(head.keys + static_cast<std::ptrdiff_t>(j0 + t) * head.key_token_stride, head.key_dim_stride,
-               key_tile + t * d, d);
-    for (std::size_t r = 0; r < R; ++r) {
-      float* lr = logits + r * tile;
-      for (std::size_t t = 0; t < m; ++t) {
-        const bool visible = !rows.positions || head.positions[j0 + t] <= rows.positions[r];
-        lr[t] = visible ? dot<A>(q + r * d, key_tile + t * d, d) + head.bias[j0 + t] : neg_inf;
+  for (std::size_t g = 0, base = 0; g < num_segments; base += segments[g].length, ++g) {
+    const HeadView<T>& head = segments[g];
+    const std::size_t length = head.length;
+    for (std::size_t j0 = 0; j0 < length; j0 += tile) {
+      const std::size_t m = tile < length - j0 ? tile : length - j0;
+      if (blocked) {
+        std::size_t r = 0;
+        auto group = [&](auto rows_in_group) {
+          constexpr int NR = decltype(rows_in_group)::value;
+          attend_tile_blocked<A, T, NR>(head, j0, m, q + r * d, rows.positions ? rows.positions + r : nullptr,
+                                        acc + r * d, running_max + r, running_sum + r, logits,
+                                        all_logits ? all_logits + r * n + base : nullptr, n, r == 0);
+          r += NR;
+        };
+        while (r + 4 <= R) group(std::integral_constant<int, 4>{});
+        if (r + 2 <= R) group(std::integral_constant<int, 2>{});
+        if (r < R) group(std::integral_constant<int, 1>{});
+        continue;
       }
-      if (all_logits)
-        for (std::size_t t = 0; t < m; ++t) all_logits[r * n + j0 + t] = lr[t];
-      softmax_update<A>(lr, m, acc + r * d, running_max[r], running_sum[r], d);
-    }
-    for (std::size_t t = 0; t < m; ++t) {
-      widen<A>(head.values + static_cast<std::ptrdiff_t>(j0 + t) * head.value_token_stride, head.value_dim_stride,
-               value_tile + t * d, d);
+      // Portable path: widen the tile's keys, one dot product per (row, entry).
+      for (std::size_t t = 0; t < m; ++t)
+        widen<A>(head.keys + static_cast<std::ptrdiff_t>(j0 + t) * head.key_token_stride, head.key_dim_stride,
+                 key_tile + t * d, d);
       for (std::size_t r = 0; r < R; ++r) {
-        const float p = logits[r * tile + t];
-        if (p != 0.0f) axpy<A>(p, value_tile + t * d, acc + r * d, d);
+        float* lr = logits + r * tile;
+        for (std::size_t t = 0; t < m; ++t) {
+          const bool visible = !rows.positions || head.positions[j0 + t] <= rows.positions[r];
+          lr[t] = visible ? dot<A>(q + r * d, key_tile + t * d, d) + head.bias[j0 + t] : neg_inf;
+        }
+        if (all_logits)
+          for (std::size_t t = 0; t < m; ++t) all_logits[r * n + base + j0 + t] = lr[t];
+        softmax_update<A>(lr, m, acc + r * d, running_max[r], running_sum[r], d);
+      }
+      for (std::size_t t = 0; t < m; ++t) {
+        widen<A>(head.values + static_cast<std::ptrdiff_t>(j0 + t) * head.value_token_stride, head.value_dim_stride,
+                 value_tile + t * d, d);
+        for (std::size_t r = 0; r < R; ++r) {
+          const float p = logits[r * tile + t];
+          if (p != 0.0f) axpy<A>(p, value_tile + t * d, acc + r * d, d);
+        }
       }
     }
   }
@@ -340,8 +352,9 @@ inline void attend(const HeadView<T>& head, const AttentionRows& rows, const Att
       if (running_sum[r] <= 0.0f) continue;
       const float* lr = all_logits + r * n;
       const float norm = row_weight / running_sum[r];
-      for (std::size_t j = 0; j < n; ++j)
-        if (lr[j] != neg_inf) head.scores[j] += std::exp(lr[j] - running_max[r]) * norm;
+      for (std::size_t g = 0, base = 0; g < num_segments; base += segments[g].length, ++g)
+        for (std::size_t j = 0; j < segments[g].length; ++j)
+          if (lr[base + j] != neg_inf) segments[g].scores[j] += std::exp(lr[base + j] - running_max[r]) * norm;
     }
   }
 }

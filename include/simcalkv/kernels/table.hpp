@@ -35,9 +35,12 @@ struct KernelTable {
   bool (*finite_bits16)(const std::uint16_t*, std::size_t, std::uint16_t) noexcept;
   void (*gemm_nt)(const simd::GemmArgs&) noexcept;
   std::size_t (*local_search)(const simd::LocalSearchArgs&) noexcept;
-  void (*attend_f32)(const HeadView<float>&, const AttentionRows&, const AttentionOptions&, float*) noexcept;
-  void (*attend_f16)(const HeadView<half>&, const AttentionRows&, const AttentionOptions&, float*) noexcept;
-  void (*attend_bf16)(const HeadView<bfloat16>&, const AttentionRows&, const AttentionOptions&, float*) noexcept;
+  void (*attend_f32)(const HeadView<float>*, std::size_t, const AttentionRows&, const AttentionOptions&,
+                      float*) noexcept;
+  void (*attend_f16)(const HeadView<half>*, std::size_t, const AttentionRows&, const AttentionOptions&,
+                      float*) noexcept;
+  void (*attend_bf16)(const HeadView<bfloat16>*, std::size_t, const AttentionRows&, const AttentionOptions&,
+                      float*) noexcept;
 };
 
 template <class A>

@@ -5,7 +5,12 @@
 // its own table (heads shrink independently and their freed pages go back to the pool), with
 // heads_per_table = H the heads of a request share one table and are interleaved inside a page,
 // vLLM's [num_blocks][block_size][num_kv_heads][head_dim] (key_stride = head_dim). Entry j of
-// sequence s is row (table[j / page_size] * page_size + j % page_size) * heads_per_table + head.
+// sequence s is row (table[j / page_size] * page_size + j % page_size) * heads_per_table + head
+// of the key and value pools; its bias, position and score are at
+// (table[j / page_size] * heads_per_table + head) * page_size + j % page_size, so the entries of one
+// head in one page are a HeadView (strided rows, packed metadata) and attention runs page by page
+// with one online softmax (decode_attention / block_attention below). With heads_per_table = 1
+// both indices are the same, cuda/layout.cuh's.
 //
 // Compression plans on a packed copy of the heads (Staging), then moves surviving entries down
 // in place through the table and lowers lengths[s]; apply_plan() returns the pages no sequence of a
@@ -13,6 +18,7 @@
 #pragma once
 
 #include "simcalkv/error.hpp"
+#include "simcalkv/kernels/attention.hpp"
 #include "simcalkv/layouts/compact.hpp"
 #include "simcalkv/layouts/entries.hpp"
 #include "simcalkv/plan.hpp"
@@ -30,9 +36,9 @@ struct PagedLayer {
   T* values = nullptr;
   std::ptrdiff_t key_stride = 0;
   std::ptrdiff_t value_stride = 0;
-  float* bias = nullptr;            // per row, required
-  Position* positions = nullptr;    // per row, required, ascending along a sequence
-  float* scores = nullptr;          // per row, optional
+  float* bias = nullptr;            // per entry (metadata index), required
+  Position* positions = nullptr;    // per entry, required, ascending along a sequence
+  float* scores = nullptr;          // per entry, optional
   std::int32_t* page_table = nullptr;  // table t at page_table + t * table_stride; -1: no page
   std::ptrdiff_t table_stride = 0;     // also the most pages a table can hold
   int page_size = 16;
@@ -50,10 +56,37 @@ struct PagedLayer {
     return (page * page_size + static_cast<std::int64_t>(j % P)) * heads_per_table +
            static_cast<std::int64_t>(s % static_cast<std::size_t>(heads_per_table));
   }
+  [[nodiscard]] std::int64_t meta(std::size_t s, std::size_t j) const noexcept {
+    const auto P = static_cast<std::size_t>(page_size);
+    const std::int64_t page = table_of(s)[j / P];
+    return (page * heads_per_table + static_cast<std::int64_t>(s % static_cast<std::size_t>(heads_per_table))) *
+               page_size +
+           static_cast<std::int64_t>(j % P);
+  }
   [[nodiscard]] EntryRef<T> entry(std::size_t s, std::size_t j) const noexcept {
-    const std::int64_t e = row(s, j);
-    return EntryRef<T>{keys + e * key_stride, 1, values + e * value_stride, 1, bias + e, positions + e,
-                       scores ? scores + e : nullptr};
+    const std::int64_t e = row(s, j), m = meta(s, j);
+    return EntryRef<T>{keys + e * key_stride, 1, values + e * value_stride, 1, bias + m, positions + m,
+                       scores ? scores + m : nullptr};
+  }
+  /// Sequence s page by page, as HeadViews in order (what attention reads).
+  void segments(std::size_t s, std::vector<HeadView<T>>& out) const {
+    out.clear();
+    const auto P = static_cast<std::size_t>(page_size);
+    for (std::size_t j = 0; j < lengths[s]; j += P) {
+      const std::int64_t e = row(s, j), m = meta(s, j);
+      HeadView<T> v;
+      v.keys = keys + e * key_stride;
+      v.key_token_stride = key_stride * heads_per_table;
+      v.values = values + e * value_stride;
+      v.value_token_stride = value_stride * heads_per_table;
+      v.bias = bias + m;
+      v.positions = positions + m;
+      v.scores = scores ? scores + m : nullptr;
+      v.length = std::min(P, lengths[s] - j);
+      v.capacity = P;
+      v.head_dim = head_dim;
+      out.push_back(v);
+    }
   }
 };
 
@@ -163,6 +196,27 @@ PagedApplyResult compress_paged(const Policy& policy, PagedLayer<T>& layer, Laye
   PagedApplyResult result = apply_plan(plan, layer);
   workspace.recycle(std::move(plan));
   return result;
+}
+
+/// Decode attention of sequence s of a paged layer: the G query heads of one token over its
+/// pages (see decode_attention); with pages a multiple of kernels::simd::attend_tile entries the
+/// result has the bits of the same entries packed in one HeadView.
+template <StorageElement T>
+void decode_attention(const PagedLayer<T>& layer, std::size_t s, std::span<const float> queries, int num_query_heads,
+                      std::span<float> out, const AttentionOptions& options = {}) {
+  thread_local std::vector<HeadView<T>> pages;
+  layer.segments(s, pages);
+  decode_attention(std::span<const HeadView<T>>(pages), queries, num_query_heads, out, options);
+}
+
+/// Block attention of sequence s of a paged layer (see block_attention).
+template <StorageElement T>
+void block_attention(const PagedLayer<T>& layer, std::size_t s, std::span<const float> queries, int num_query_heads,
+                     std::span<const Position> query_positions, std::span<float> out,
+                     const AttentionOptions& options = {}) {
+  thread_local std::vector<HeadView<T>> pages;
+  layer.segments(s, pages);
+  block_attention(std::span<const HeadView<T>>(pages), queries, num_query_heads, query_positions, out, options);
 }
 
 }  // namespace simcalkv

@@ -3,6 +3,7 @@
 
 #include "simcalkv/stages.hpp"
 
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -12,12 +13,14 @@ class Full : public StagedPolicy<Full> {
  public:
   [[nodiscard]] std::string_view name() const noexcept { return "Full"; }
 
-  /// Every head keeps all its entries, whatever budget it was given.
+  /// Every head keeps all its entries, whatever (valid) budget it was given.
   template <StorageElement T>
-  std::vector<std::size_t> schedule(const LayerRequest<T>& request, std::span<const std::size_t> /*base*/) const {
+  LayerPlan plan_with_budgets(const LayerRequest<T>& request, Workspace& workspace,
+                              std::span<const std::size_t> base) const {
+    detail::validate_request(request, std::string(name()), base, Protection{0, 0});
     std::vector<std::size_t> lengths;
     for (const auto& head : request.heads) lengths.push_back(head.length);
-    return lengths;
+    return plan_layer(*this, request, workspace, lengths);
   }
 };
 
