@@ -2,6 +2,8 @@
 //   [e2e]            the files of two runs of the bundled model (--threads 1 and 2, under $SIMCALKV_EVAL_E2E_DIR):
 //                    every CSV and JSON exists and parses with the paper's columns and keys, and the answers do not
 //                    depend on the thread count.
+//   [e2e-layouts]    every policy's files from --kv_layout compact and paged (layout_compact/, layout_paged/): the
+//                    same answers, kept entries, merges and errors row for row.
 //   [e2e-interrupt]  SIGINT during a run ($SIMCALKV_EVAL_BIN): exit status 130, files that hold exactly the finished
 //                    samples, marked interrupted, and no temporary file left.
 // The bundled model may be retrained: nothing here depends on what it answers.
@@ -139,6 +141,30 @@ TEST_CASE("e2e: the run's CSV and JSON files, independent of the thread count", 
     CHECK(fs::exists(dir / "sweep.txt"));
   }
   CHECK(answers[0] == answers[1]);
+}
+
+TEST_CASE("e2e: the compact and paged layouts give the same answers for every policy", "[.e2e-layouts][e2e-layouts]") {
+  const fs::path root = env("SIMCALKV_EVAL_E2E_DIR");
+  std::size_t files = 0;
+  for (const auto& entry : fs::directory_iterator(root / "layout_compact")) {
+    const auto name = entry.path().filename().string();
+    if (name.rfind("results_", 0) != 0 || entry.path().extension() != ".csv") continue;
+    INFO(name);
+    ++files;
+    const auto compact = csv_parse(read_file(entry.path()));
+    const auto paged = csv_parse(read_file(root / "layout_paged" / name));
+    REQUIRE(compact.size() == paged.size());
+    REQUIRE(compact.size() >= 2);
+    const auto& header = compact[0];
+    REQUIRE(paged[0] == header);
+    for (const std::string column : {"answer_before", "answer_after", "entries_after", "merged", "evicted", "error"}) {
+      const auto at = std::find(header.begin(), header.end(), column);
+      REQUIRE(at != header.end());
+      const auto c = static_cast<std::size_t>(at - header.begin());
+      for (std::size_t r = 1; r < compact.size(); ++r) CHECK(compact[r][c] == paged[r][c]);
+    }
+  }
+  CHECK(files >= 2 * 16);  // two datasets, every registered policy but Full
 }
 
 TEST_CASE("e2e: SIGINT writes the finished samples and exits 130", "[.e2e-interrupt][e2e-interrupt]") {
