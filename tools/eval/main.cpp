@@ -1,4 +1,4 @@
-// simcalkv-eval: the paper's evaluation harness (qwen_eval.py) on the reference engine (examples/engine).
+// simcalkv-eval: the paper's evaluation harness (qwen_eval.py) on the reference engine (engine/).
 //
 //   simcalkv-eval --model_name DIR --dataset NAME_OR_FILE --split SPLIT --compress_ratio R --kv_method NAME
 //                 --output_dir DIR [--max_input_tokens N] [--max_new_tokens N] [--window W] [--threads T] ...

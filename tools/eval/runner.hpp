@@ -1,4 +1,4 @@
-// simcalkv-eval: one sample through the reference engine (examples/engine). The prompt is prefilled once and the
+// simcalkv-eval: one sample through the reference engine (engine/). The prompt is prefilled once and the
 // full cache's answer decoded once; then, for every (method, ratio), the post-prefill cache is restored from a
 // snapshot, compressed and decoded again. The first answer token comes from the prefill's logits in both cases
 // (as the paper's harness does: compression happens after the prompt's forward pass).

@@ -2,7 +2,7 @@
 // Tasks: niah_single, niah_multikey, niah_multivalue, niah_multiquery, vt (variable tracking),
 // cwe (common words extraction), fwe (frequent words extraction), qa (QA over templated fact documents).
 // Haystacks come from bundled public-domain text (data/corpus/haystack.txt). Each prompt (input + answer_prefix)
-// is fitted to at most the target token count with the given tokenizer (examples/engine/tokenizer.hpp), as close
+// is fitted to at most the target token count with the given tokenizer (engine/tokenizer.hpp), as close
 // as the task's unit (a word, a noise sentence, a list item, a document) allows. Seeded and deterministic: the
 // random numbers come from std::mt19937_64 with our own range reduction (no std distributions).
 #pragma once

@@ -1,4 +1,4 @@
-// simcalkv-perplexity: held-out perplexity of a checkpoint in the reference host engine (examples/engine),
+// simcalkv-perplexity: held-out perplexity of a checkpoint in the reference host engine (engine/),
 // computed exactly as tools/train/train_model.py defines it:
 //   ids = tokenizer.encode(text file, no special tokens); window w = ids[L*w, L*(w+1)) (a last partial window
 //   is dropped); each window is prefilled on its own (fresh KV cache, no compression) with the logits of every

@@ -1,5 +1,5 @@
 // simcalkv-generate: run a Hugging Face Llama / Qwen2 / Mistral checkpoint on the CPU with any
-// registered KV-cache policy (the reference host engine, examples/engine).
+// registered KV-cache policy (the reference host engine, engine/).
 //
 //   simcalkv-generate [--model DIR] (--prompt TEXT | --prompt-file F) [--max-new-tokens N]
 //       (--model defaults to the bundled models/simcalkv-tiny)
