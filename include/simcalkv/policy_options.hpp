@@ -114,4 +114,14 @@ class PolicyOptions {
   std::set<std::string> known_;
 };
 
+/// The options every protecting policy reads: sinks (first entries kept) and recent (last entries
+/// kept; -1 the window's length), into an options struct with sink_tokens and recent_tokens.
+template <class Options>
+void read_protection(PolicyOptions& o, Options& options) {
+  options.sink_tokens = static_cast<decltype(options.sink_tokens)>(
+      o.get_int("sinks", static_cast<long long>(options.sink_tokens)));
+  if constexpr (requires { options.recent_tokens; })
+    options.recent_tokens = static_cast<int>(o.get_int("recent", options.recent_tokens, -1, 1LL << 30));
+}
+
 }  // namespace simcalkv

@@ -22,6 +22,7 @@
 #pragma once
 
 #include "simcalkv/kernels/dispatch.hpp"
+#include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/layouts/compact.hpp"
 #include "simcalkv/policy.hpp"
@@ -255,10 +256,27 @@ class StagedPolicy {
   const Derived& self() const noexcept { return static_cast<const Derived&>(*this); }
 };
 
+/// A staged policy whose Score stage is the window attention (kernels::score_window: the mean
+/// attention of the group's window queries, bias included), the score most methods select by.
+/// Derived supplies finish() (Match + Merge), or nothing for plain eviction.
+template <class Derived>
+class WindowScored : public StagedPolicy<Derived> {
+ public:
+  static constexpr bool needs_window = true;
+  /// Score: window attention. Leaves the widened keys, the probabilities and the masses in s.
+  template <StorageElement T>
+  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
+    kernels::load_keys(ctx.head, s);
+    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
+    s.selection_score.assign(s.score.begin(), s.score.end());
+  }
+};
+
 /// Whether P is made of stages (derives from StagedPolicy<P>), as opposed to an opaque policy
 /// such as AnyPolicy that only plans whole layers.
 template <class P>
 inline constexpr bool is_staged_policy = std::is_base_of_v<StagedPolicy<P>, P>;
+
 
 /// A policy that lets another's stages run unchanged, so it can change one of them (AdaKV the
 /// budgets, a layer schedule the budgets by depth): every hook forwards to `inner()`.

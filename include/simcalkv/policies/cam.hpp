@@ -40,7 +40,7 @@ struct CaMOptions {
   std::uint64_t seed = 0;
 };
 
-class CaM : public StagedPolicy<CaM> {
+class CaM : public WindowScored<CaM> {
  public:
   CaM() = default;
   explicit CaM(const CaMOptions& options) : options_(options) {
@@ -49,16 +49,6 @@ class CaM : public StagedPolicy<CaM> {
 
   [[nodiscard]] std::string_view name() const noexcept { return "CaM"; }
   [[nodiscard]] const CaMOptions& options() const noexcept { return options_; }
-
-  static constexpr bool needs_window = true;
-
-  /// Score: window attention.
-  template <StorageElement T>
-  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
-    kernels::load_keys(ctx.head, s);
-    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
-    s.selection_score.assign(s.score.begin(), s.score.end());
-  }
 
   /// The uniform number in [0, 1) that decides whether the entry at `position` merges.
   [[nodiscard]] static double draw(std::uint64_t seed, int layer, int kv_head, Position position) noexcept {
@@ -133,8 +123,7 @@ class CaM : public StagedPolicy<CaM> {
   /// CaMOptions from a registry option string: sinks, recent, span, seed.
   static CaMOptions read_options(PolicyOptions& o) {
     CaMOptions c;
-    c.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(c.sink_tokens)));
-    c.recent_tokens = static_cast<int>(o.get_int("recent", c.recent_tokens, -1, 1LL << 30));
+    read_protection(o, c);
     c.merge_span = static_cast<std::size_t>(o.get_int("span", static_cast<long long>(c.merge_span), 1));
     c.seed = static_cast<std::uint64_t>(o.get_int("seed", static_cast<long long>(c.seed), 0, (1LL << 62)));
     return c;

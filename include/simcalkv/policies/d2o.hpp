@@ -53,7 +53,7 @@ struct D2OOptions {
   std::size_t search_radius = 64;  // for SimilaritySearch::local
 };
 
-class D2O : public StagedPolicy<D2O> {
+class D2O : public WindowScored<D2O> {
  public:
   D2O() = default;
   explicit D2O(const D2OOptions& options) : options_(options) {
@@ -68,16 +68,6 @@ class D2O : public StagedPolicy<D2O> {
 
   [[nodiscard]] std::string_view name() const noexcept { return "D2O"; }
   [[nodiscard]] const D2OOptions& options() const noexcept { return options_; }
-
-  static constexpr bool needs_window = true;
-
-  /// Score: window attention.
-  template <StorageElement T>
-  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
-    kernels::load_keys(ctx.head, s);
-    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
-    s.selection_score.assign(s.score.begin(), s.score.end());
-  }
 
   /// The merge threshold for removed entries whose best similarities are `best` (-inf: none).
   [[nodiscard]] float threshold(std::span<const float> best) const noexcept {
@@ -156,14 +146,11 @@ class D2O : public StagedPolicy<D2O> {
   /// self_weight, search, radius.
   static D2OOptions read_options(PolicyOptions& o) {
     D2OOptions k;
-    k.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(k.sink_tokens)));
-    k.recent_tokens = static_cast<int>(o.get_int("recent", k.recent_tokens, -1, 1LL << 30));
+    read_protection(o, k);
     k.beta = static_cast<float>(o.get_double("beta", k.beta, 0.0, 1.0));
     if (o.has("tau")) k.previous_threshold = static_cast<float>(o.get_double("tau", 0.0, -1.0, 1.0));
     k.self_weight = static_cast<float>(o.get_double("self_weight", k.self_weight, 1e-6, 1e6));
-    k.search = o.get_choice("search", "exact", {"exact", "local"}) == "local" ? SimilaritySearch::local
-                                                                              : SimilaritySearch::exact;
-    k.search_radius = static_cast<std::size_t>(o.get_int("radius", static_cast<long long>(k.search_radius), 1));
+    read_search(o, k);
     return k;
   }
 

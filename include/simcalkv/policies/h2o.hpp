@@ -109,8 +109,7 @@ class H2O : public StagedPolicy<H2O> {
   /// H2OOptions from a registry option string: sinks, recent, seed_scores.
   static H2OOptions read_options(PolicyOptions& o) {
     H2OOptions options;
-    options.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(options.sink_tokens)));
-    options.recent_tokens = static_cast<int>(o.get_int("recent", options.recent_tokens, -1, 1LL << 30));
+    read_protection(o, options);
     options.seed_scores = o.get_bool("seed_scores", options.seed_scores);
     return options;
   }

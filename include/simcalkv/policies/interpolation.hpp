@@ -132,7 +132,7 @@ struct InterpolationKVOptions {
 
 /// LerpKV, SlerpKV and NlerpKV: one class, the interpolation a template argument.
 template <Interpolation Mode>
-class InterpolationKV : public StagedPolicy<InterpolationKV<Mode>> {
+class InterpolationKV : public WindowScored<InterpolationKV<Mode>> {
  public:
   InterpolationKV() = default;
   explicit InterpolationKV(const InterpolationKVOptions& options) : options_(options) {
@@ -148,16 +148,6 @@ class InterpolationKV : public StagedPolicy<InterpolationKV<Mode>> {
     else return "NlerpKV";
   }
   [[nodiscard]] const InterpolationKVOptions& options() const noexcept { return options_; }
-
-  static constexpr bool needs_window = true;
-
-  /// Score: window attention.
-  template <StorageElement T>
-  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
-    kernels::load_keys(ctx.head, s);
-    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
-    s.selection_score.assign(s.score.begin(), s.score.end());
-  }
 
   /// Match (nearest kept key above the threshold) and Merge (interpolation in position order).
   template <StorageElement T>
@@ -216,12 +206,9 @@ class InterpolationKV : public StagedPolicy<InterpolationKV<Mode>> {
   /// Options from a registry option string: sinks, recent, threshold, search, radius.
   static InterpolationKVOptions read_options(PolicyOptions& o) {
     InterpolationKVOptions k;
-    k.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(k.sink_tokens)));
-    k.recent_tokens = static_cast<int>(o.get_int("recent", k.recent_tokens, -1, 1LL << 30));
+    read_protection(o, k);
     k.similarity_threshold = static_cast<float>(o.get_double("threshold", k.similarity_threshold, -1.0, 1.0));
-    k.search = o.get_choice("search", "exact", {"exact", "local"}) == "local" ? SimilaritySearch::local
-                                                                              : SimilaritySearch::exact;
-    k.search_radius = static_cast<std::size_t>(o.get_int("radius", static_cast<long long>(k.search_radius), 1));
+    read_search(o, k);
     return k;
   }
 

@@ -117,13 +117,10 @@ class KeepKV : public StagedPolicy<KeepKV> {
   /// KeepKVOptions from a registry option string: sinks, recent, threshold, ema, search, radius.
   static KeepKVOptions read_options(PolicyOptions& o) {
     KeepKVOptions k;
-    k.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(k.sink_tokens)));
-    k.recent_tokens = static_cast<int>(o.get_int("recent", k.recent_tokens, -1, 1LL << 30));
+    read_protection(o, k);
     k.similarity_threshold = static_cast<float>(o.get_double("threshold", k.similarity_threshold, -INFINITY, 1.0));
     k.ema_alpha = static_cast<float>(o.get_double("ema", k.ema_alpha, 0.0, 0.999999));
-    k.search = o.get_choice("search", "exact", {"exact", "local"}) == "local" ? SimilaritySearch::local
-                                                                              : SimilaritySearch::exact;
-    k.search_radius = static_cast<std::size_t>(o.get_int("radius", static_cast<long long>(k.search_radius), 1));
+    read_search(o, k);
     return k;
   }
 

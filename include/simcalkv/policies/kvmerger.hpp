@@ -53,7 +53,7 @@ struct KVMergerOptions {
   float sigma = 0.0f;
 };
 
-class KVMerger : public StagedPolicy<KVMerger> {
+class KVMerger : public WindowScored<KVMerger> {
  public:
   KVMerger() = default;
   explicit KVMerger(const KVMergerOptions& options) : options_(options) {
@@ -65,16 +65,6 @@ class KVMerger : public StagedPolicy<KVMerger> {
 
   [[nodiscard]] std::string_view name() const noexcept { return "KVMerger"; }
   [[nodiscard]] const KVMergerOptions& options() const noexcept { return options_; }
-
-  static constexpr bool needs_window = true;
-
-  /// Score: window attention.
-  template <StorageElement T>
-  void score(const HeadContext<T>& ctx, HeadScratch& s) const {
-    kernels::load_keys(ctx.head, s);
-    kernels::score_window(ctx.head, ctx.window, ctx.kv_head, ctx.group, s);
-    s.selection_score.assign(s.score.begin(), s.score.end());
-  }
 
   /// Merge: consecutive runs of similar keys fold into their kept member, Gaussian-weighted
   /// around the run's best-scored entry.
@@ -170,8 +160,7 @@ class KVMerger : public StagedPolicy<KVMerger> {
   /// KVMergerOptions from a registry option string: sinks, recent, threshold, sigma.
   static KVMergerOptions read_options(PolicyOptions& o) {
     KVMergerOptions k;
-    k.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(k.sink_tokens)));
-    k.recent_tokens = static_cast<int>(o.get_int("recent", k.recent_tokens, -1, 1LL << 30));
+    read_protection(o, k);
     k.similarity_threshold = static_cast<float>(o.get_double("threshold", k.similarity_threshold, -1.0, 1.0));
     k.sigma = static_cast<float>(o.get_double("sigma", k.sigma, 0.0));
     return k;

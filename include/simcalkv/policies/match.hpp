@@ -3,6 +3,7 @@
 #pragma once
 
 #include "simcalkv/kernels/similarity.hpp"
+#include "simcalkv/policy_options.hpp"
 #include "simcalkv/scratch.hpp"
 
 #include <cstddef>
@@ -24,6 +25,16 @@ inline void match_removed(std::size_t head_dim, SimilaritySearch search, std::si
     kernels::assign_local(inputs, search_radius, s.matching.target, s.matching.similarity);
   else
     kernels::assign_exact(inputs, s.floats, s.matching.target, s.matching.similarity);
+}
+
+/// search=exact|local and radius=N into an options struct with search and search_radius.
+template <class Options>
+void read_search(PolicyOptions& o, Options& options) {
+  const char* fallback = options.search == SimilaritySearch::local ? "local" : "exact";
+  options.search = o.get_choice("search", fallback, {"exact", "local"}) == "local" ? SimilaritySearch::local
+                                                                                   : SimilaritySearch::exact;
+  options.search_radius =
+      static_cast<std::size_t>(o.get_int("radius", static_cast<long long>(options.search_radius), 1));
 }
 
 /// Unmatches (evicts) removed entries whose best similarity is below `threshold` (or NaN).

@@ -91,8 +91,7 @@ class PyramidInfer : public StagedPolicy<PyramidInfer> {
   /// PyramidInferOptions from a registry option string: sinks, recent, decay, distance_weight.
   static PyramidInferOptions read_options(PolicyOptions& o) {
     PyramidInferOptions options;
-    options.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(options.sink_tokens)));
-    options.recent_tokens = static_cast<int>(o.get_int("recent", options.recent_tokens, -1, 1LL << 30));
+    read_protection(o, options);
     options.decay = o.get_double("decay", options.decay, 1e-6, 1.0);
     options.distance_weight = o.get_double("distance_weight", options.distance_weight, 1e-6, 1e6);
     return options;

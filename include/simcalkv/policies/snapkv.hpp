@@ -80,8 +80,7 @@ class SnapKV : public StagedPolicy<SnapKV> {
   /// SnapKVOptions from a registry option string: sinks, recent, pooling, pool_kernel.
   static SnapKVOptions read_options(PolicyOptions& o) {
     SnapKVOptions options;
-    options.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(options.sink_tokens)));
-    options.recent_tokens = static_cast<int>(o.get_int("recent", options.recent_tokens, -1, 1LL << 30));
+    read_protection(o, options);
     options.pooling = detail::read_pooling(o, options.pooling);
     options.pool_kernel = static_cast<int>(o.get_int("pool_kernel", options.pool_kernel, 1, 1025));
     return options;

@@ -45,7 +45,7 @@ class StreamingLLM : public StagedPolicy<StreamingLLM> {
   /// StreamingLLMOptions from a registry option string: sinks.
   static StreamingLLMOptions read_options(PolicyOptions& o) {
     StreamingLLMOptions options;
-    options.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(options.sink_tokens)));
+    read_protection(o, options);
     return options;
   }
 

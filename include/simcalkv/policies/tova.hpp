@@ -70,8 +70,7 @@ class TOVA : public StagedPolicy<TOVA> {
   /// TOVAOptions from a registry option string: sinks, recent.
   static TOVAOptions read_options(PolicyOptions& o) {
     TOVAOptions options;
-    options.sink_tokens = static_cast<std::size_t>(o.get_int("sinks", static_cast<long long>(options.sink_tokens)));
-    options.recent_tokens = static_cast<int>(o.get_int("recent", options.recent_tokens, -1, 1LL << 30));
+    read_protection(o, options);
     return options;
   }
 
