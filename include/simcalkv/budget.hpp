@@ -2,6 +2,7 @@
 #pragma once
 
 #include "simcalkv/error.hpp"
+#include "simcalkv/options.hpp"
 
 #include <cmath>
 #include <cstddef>
@@ -12,7 +13,7 @@ namespace simcalkv {
 /// compression ratio (the fraction removed: budget = round((1 - r) * n)).
 class Budget {
  public:
-  enum class Kind { entries, keep_fraction, compress_ratio };
+  using Kind = BudgetKind;  // options.hpp
 
   static Budget entries(std::size_t count) { return Budget(Kind::entries, static_cast<double>(count)); }
   static Budget keep_fraction(double fraction) {

@@ -150,49 +150,40 @@ std::vector<std::size_t> budgets_t(int d, int group, int window, const Policy& p
       .allocate(req, ws, base);
 }
 
+/// The CPU policy's own plan of the layer (its public plan_with_budgets): head `h` at `budget`,
+/// the others keep everything; the stage results of head h are read from the workspace.
 template <class T>
 Plan plan_t(int d, int group, int window, const Policy& p, const Request& r, int h, std::size_t budget) {
   Heads<T> heads(r, d);
   auto req = make_request(heads, r, d, group, window, p);
-  const auto& head = heads.views[static_cast<std::size_t>(h)];
-  const std::size_t n = head.length;
+  std::vector<std::size_t> budgets(heads.views.size());
+  for (std::size_t k = 0; k < budgets.size(); ++k) budgets[k] = heads.views[k].length;
+  const auto hh = static_cast<std::size_t>(h);
+  budgets[hh] = budget;
+  simcalkv::Workspace ws;
+  simcalkv::LayerPlan layer_plan;
+  if (p.method == Method::streaming_llm)
+    layer_plan = simcalkv::StreamingLLM(simcalkv::StreamingLLMOptions{static_cast<std::size_t>(p.sinks)})
+                     .plan_with_budgets(req, ws, budgets);
+  else if (p.method == Method::snapkv)
+    layer_plan = simcalkv::SnapKV(snapkv_options(p)).plan_with_budgets(req, ws, budgets);
+  else
+    layer_plan = simcalkv::SimCalKV(simcalkv_options(p)).plan_with_budgets(req, ws, budgets);
+  const auto& s = ws.head(hh);
+  const std::size_t n = heads.views[hh].length;
   Plan plan;
-  simcalkv::HeadScratch s;
-  if (p.method == Method::streaming_llm) {
-    for (std::size_t j = 0; j < n; ++j)
-      (j < static_cast<std::size_t>(p.sinks) || j + (budget - std::min<std::size_t>(budget, p.sinks)) >= n
-           ? plan.keep
-           : plan.cand)
-          .push_back(static_cast<std::uint32_t>(j));
-    return plan;
+  plan.keep = layer_plan.heads[hh].keep;
+  if (budget >= n) return plan;
+  plan.cand = s.selection.removed;
+  plan.sel = s.selection_score;
+  if (p.method != Method::streaming_llm) {
+    plan.score = s.score;
+    plan.mass = s.mass;
+    plan.inv_norm = s.inv_norms;
   }
-  const simcalkv::Protection protection = simcalkv::make_protection(static_cast<std::size_t>(p.sinks), p.recent, window);
-  simcalkv::kernels::load_keys(head, s);
-  simcalkv::kernels::score_window(head, req.window, h, group, s);
-  plan.score = s.score;
-  plan.mass = s.mass;
-  plan.inv_norm = s.inv_norms;
-  if (p.method == Method::snapkv) {
-    simcalkv::detail::pooled_prefix_scores(s.score, n, protection.recent, pooling(p.pooling), p.pool_kernel, plan.sel);
-  } else {
-    plan.sel.resize(n);
-    simcalkv::kernels::pool_scores(s.score.data(), plan.sel.data(), n, pooling(p.pooling), p.pool_kernel);
-  }
-  std::vector<std::uint32_t> keep, cand;
-  simcalkv::kernels::select_top(plan.sel.data(), n, budget, protection, keep, cand);
-  simcalkv::kernels::complement(keep, n, cand);
-  plan.keep = keep;
-  plan.cand = cand;
   if (p.method == Method::simcalkv) {
-    const simcalkv::kernels::SimilarityInputs in{s.keys.data(), s.inv_norms.data(), static_cast<std::size_t>(d), keep,
-                                                 cand};
-    std::vector<float> buffer;
-    if (p.exact)
-      simcalkv::kernels::assign_exact(in, buffer, plan.slot, plan.similarity);
-    else
-      simcalkv::kernels::assign_local(in, static_cast<std::size_t>(p.radius), plan.slot, plan.similarity);
-    for (std::size_t c = 0; c < plan.slot.size(); ++c)
-      if (plan.similarity[c] < p.threshold) plan.slot[c] = -1;
+    plan.slot = s.matching.target;
+    plan.similarity = s.matching.similarity;
   }
   return plan;
 }

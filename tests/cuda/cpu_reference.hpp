@@ -2,6 +2,8 @@
 // CUDA), so the reference compiles with the host compiler and the GPU test with nvcc.
 #pragma once
 
+#include <simcalkv/options.hpp>
+
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -11,8 +13,8 @@ namespace ref {
 
 enum class Elem { bf16, fp16 };
 enum class Method { streaming_llm, snapkv, simcalkv };
-enum class Pool { none, max, avg };
-enum class Bias { bounded, calibrated, log_count, none };
+using Pool = simcalkv::Pooling;   // the library's option enums (simcalkv/options.hpp)
+using Bias = simcalkv::BiasMode;
 
 struct Policy {
   Method method = Method::simcalkv;

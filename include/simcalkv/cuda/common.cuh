@@ -7,6 +7,8 @@
 // the bf16 tensor-core paths); they do not include the CPU library or Eigen.
 #pragma once
 
+#include "simcalkv/options.hpp"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -36,14 +38,12 @@ enum class Method {
   simcalkv,       // SnapKV's selection, then similarity-aware merging with a calibrated bias
 };
 
-enum class Pooling { none, max, avg };
-enum class Search { local, exact };
-
-/// The logit bias of a merged entry; the same semantics as simcalkv::BiasMode (kernels/merge.hpp).
-enum class BiasMode { bounded, calibrated, log_count, none };
-
+// The option enums are the CPU's own (simcalkv/options.hpp), not copies.
+using Pooling = ::simcalkv::Pooling;
+using Search = ::simcalkv::SimilaritySearch;
+using BiasMode = ::simcalkv::BiasMode;
 /// How many entries a sequence keeps: the same rule as simcalkv::Budget::for_length.
-enum class BudgetKind { entries, keep_fraction, compress_ratio };
+using BudgetKind = ::simcalkv::BudgetKind;
 
 struct BudgetRule {
   BudgetKind kind = BudgetKind::keep_fraction;

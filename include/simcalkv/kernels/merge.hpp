@@ -4,6 +4,7 @@
 #include "simcalkv/head_view.hpp"
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
+#include "simcalkv/options.hpp"
 #include "simcalkv/scratch.hpp"
 
 #include <algorithm>
@@ -14,29 +15,6 @@
 #include <vector>
 
 namespace simcalkv {
-
-/// The logit bias a merged entry carries (ALGORITHMS.md, SimCalKV step 4).
-enum class BiasMode {
-  /// calibrated, clamped to [max_i b_i, log sum_i exp(b_i)]: the default. Calibration is the best
-  /// at moderate compression; the clamp stops it over-fitting the window when sets grow large.
-  bounded,
-  /// the merged entry keeps the set's total mass under the window: exact for one window query.
-  calibrated,
-  /// log sum_i exp(b_i): log n for n fresh tokens (proportional attention).
-  log_count,
-  /// 0: plain averaging.
-  none,
-};
-
-inline const char* bias_mode_name(BiasMode mode) {
-  switch (mode) {
-    case BiasMode::bounded: return "bounded";
-    case BiasMode::calibrated: return "calibrated";
-    case BiasMode::log_count: return "log_count";
-    case BiasMode::none: return "none";
-  }
-  return "?";
-}
 
 namespace kernels {
 

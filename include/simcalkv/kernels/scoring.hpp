@@ -9,6 +9,7 @@
 #include "simcalkv/head_view.hpp"
 #include "simcalkv/kernels/convert.hpp"
 #include "simcalkv/kernels/dispatch.hpp"
+#include "simcalkv/options.hpp"
 #include "simcalkv/scratch.hpp"
 #include "simcalkv/window.hpp"
 
@@ -109,7 +110,7 @@ inline float log_window_mass_of_dots(float* dots, Position position, const HeadS
   return best + std::log(exp_shifted_sum(dots, best, R));
 }
 
-enum class Pooling { none, max, avg };
+using simcalkv::Pooling;  // options.hpp
 
 /// 1-D pooling of scores over neighbouring entries (SnapKV's clustering of attention).
 inline void pool_scores(const float* in, float* out, std::size_t n, Pooling mode, int kernel) {

@@ -3,17 +3,13 @@
 #pragma once
 
 #include "simcalkv/kernels/similarity.hpp"
+#include "simcalkv/options.hpp"
 #include "simcalkv/policy_options.hpp"
 #include "simcalkv/scratch.hpp"
 
 #include <cstddef>
 
 namespace simcalkv {
-
-enum class SimilaritySearch {
-  local,  // the `search_radius` survivors nearest in position on each side: O(|E| w d)
-  exact,  // every survivor: O(|E| |C| d)
-};
 
 /// Matches every entry of s.selection.removed with its most cosine-similar kept key:
 /// s.matching.target[c] is the slot of removed entry c's match, s.matching.similarity[c] the
