@@ -13,11 +13,12 @@ trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
 # --quick (CI): only the instantiation file, which includes every header; otherwise each header on
 # its own first (each is self-contained).
-headers=(include/simcalkv/cuda/*.cuh)
+headers=(include/simcalkv/cuda/*.cuh include/simcalkv/cuda/*/*.cuh)
 [ "${1:-}" = --quick ] && headers=()
 for h in "${headers[@]}"; do
-  name=$(basename "$h" .cuh)
-  printf '#include <simcalkv/cuda/%s.cuh>\n#include <simcalkv/cuda/%s.cuh>\n' "$name" "$name" >"$tmp/$name.cu"
+  rel=${h#include/}
+  name=$(echo "${rel%.cuh}" | tr / _)
+  printf '#include <%s>\n#include <%s>\n' "$rel" "$rel" >"$tmp/$name.cu"
   "$NVCC" "${flags[@]}" -c "$tmp/$name.cu" -o "$tmp/$name.o"
   echo "ok  $h"
 done
