@@ -6,7 +6,7 @@
 // of the entry's softmax probability, averaged over the G query heads of the group). It is greedy:
 // run after every decode step (e.g. by DecodeDriver with zero slack) it evicts the one entry with
 // the smallest a_j outside the recent part. Defaults follow the paper: R = B / 2 (its equal
-// heavy-hitter and recent budgets), and ALGORITHMS.md's four sinks are protected (sinks=0 gives
+// heavy-hitter and recent budgets), and docs/algorithms.md's four sinks are protected (sinks=0 gives
 // the paper's rule exactly; the first tokens are heavy hitters anyway).
 //
 // Where a_j comes from:

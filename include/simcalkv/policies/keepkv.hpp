@@ -20,7 +20,7 @@
 // Departure from the paper, on purpose: ZIP-Merging also rescales k' (by ln(mean score) over the
 // w-weighted mean of ln s_i) so that one query's logit of k' is exact. That factor is fitted to a
 // single step, divides by a weighted mean of log scores that vanishes as scores approach 1, and
-// ALGORITHMS.md specifies the mass-weighted key; the votes already restore the set's weight.
+// docs/algorithms.md specifies the mass-weighted key; the votes already restore the set's weight.
 // Sources of the defaults: T = 0.8 (paper §4.1, "we set the merging threshold T to 0.8"; also
 // the authors' code, sketch_similarity_threshold = 0.8). The EMA factor alpha is not stated in
 // the paper's main text; alpha = 0.9 is our choice (an effective memory of about ten queries,

@@ -3,7 +3,7 @@
 // Per head: score entries by window attention (GQA group aggregated, bias included), keep the
 // protected entries and the top scorers up to the budget, send every other entry to its most
 // cosine-similar survivor, merge each set with mass weights, and give the merged entry a logit
-// bias so it keeps the set's share of attention. See ALGORITHMS.md.
+// bias so it keeps the set's share of attention. See docs/algorithms.md.
 #pragma once
 
 #include "simcalkv/kernels/merge.hpp"

@@ -7,7 +7,7 @@
 // default, as AdaKV's SnapKV runs it), and keep the protected entries plus the top scorers up to
 // the budget. Pooling covers only the prefix before the recent entries, as the paper pools
 // attn[..., -W:, :-W]. The window's own entries are the recent ones and are always kept (recent =
-// W by default); ALGORITHMS.md's four sinks are protected too (set sinks=0 for the paper's rule,
+// W by default); docs/algorithms.md's four sinks are protected too (set sinks=0 for the paper's rule,
 // under which they survive anyway on their scores). Ties go to the earlier entry. Kept entries are
 // moved, never rewritten.
 #pragma once

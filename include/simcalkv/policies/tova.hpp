@@ -7,7 +7,7 @@
 // top B under the last prompt query. "The newest query" is the window's last token (windows are in
 // position order, oldest first).
 //
-// Protection: the paper protects nothing. We follow ALGORITHMS.md's library-wide protection
+// Protection: the paper protects nothing. We follow docs/algorithms.md's library-wide protection
 // instead: the first 4 entries (sinks) and the last W (the window's length) are never evicted.
 // sinks=0,recent=0 gives the paper's rule exactly. Ties go to the earlier entry. Kept entries are
 // moved, never rewritten.
