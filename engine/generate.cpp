@@ -32,6 +32,7 @@ struct Args {
   std::string prompt, prompt_file, kv_method, dump_trace, kv_dtype = "f32", kv_layout = "compact";
   bool has_prompt = false, json = false, decode_compress = false, ignore_eos = false, special_tokens = true;
   bool bench = false;
+  bool ratio_given = false;
   int max_new_tokens = 32, window = 32, threads = 0, chunk = 512;
   double compress_ratio = 0.5, temperature = 0.0, top_p = 1.0;
   std::size_t decode_slack = 16;
@@ -99,7 +100,7 @@ Args parse_args(int argc, char** argv) {
     else if (f == "--prompt-file") a.prompt_file = value();
     else if (f == "--max-new-tokens") a.max_new_tokens = parse_number<int>(f, value());
     else if (f == "--kv-method") a.kv_method = value();
-    else if (f == "--compress-ratio") a.compress_ratio = parse_number<double>(f, value());
+    else if (f == "--compress-ratio") a.compress_ratio = parse_number<double>(f, value()), a.ratio_given = true;
     else if (f == "--window") a.window = parse_number<int>(f, value());
     else if (f == "--threads") a.threads = parse_number<int>(f, value());
     else if (f == "--json") a.json = true;
@@ -130,6 +131,8 @@ Args parse_args(int argc, char** argv) {
   if (a.kv_dtype != "f32" && a.kv_dtype != "bf16") usage_error("--kv-dtype must be f32 or bf16");
   if (a.kv_layout != "compact" && a.kv_layout != "paged") usage_error("--kv-layout must be compact or paged");
   if (a.decode_compress && a.kv_method.empty()) usage_error("--decode-compress needs --kv-method");
+  if (a.ratio_given && a.kv_method.empty())
+    usage_error("--compress-ratio needs --kv-method (without one nothing is compressed), e.g. --kv-method SimCalKV");
   return a;
 }
 
@@ -238,7 +241,8 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
     const int next = pick(logits, a, rng);
     gen.push_back(next);
     if (!a.json) {
-      const std::string piece = tok.decode_bytes(std::span<const int>(&next, 1));
+      // Special tokens (the end-of-text marker) end or shape the answer; they are not its text.
+      const std::string piece = tok.decode_bytes(std::span<const int>(&next, 1), /*skip_special_tokens=*/true);
       std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
     }
@@ -252,7 +256,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
 
   out["prompt_tokens"] = ids.size();
   out["generated_ids"] = gen;
-  out["text"] = tok.decode(gen);
+  out["text"] = tok.decode(gen, /*skip_special_tokens=*/true);
   out["prefill_seconds"] = prefill_s;
   out["compress_seconds"] = compress_s;
   out["decode_tokens_per_second"] = decode_steps > 0 && decode_s > 0 ? decode_steps / decode_s : 0.0;
