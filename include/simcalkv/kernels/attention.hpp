@@ -51,6 +51,19 @@ inline void check_queries(std::span<const float> queries, std::size_t expected, 
   require(all_finite(queries.data(), queries.size()), ErrorCode::non_finite, what,
           ": queries contain NaN or Inf");
 }
+
+/// The segments (one head, or the pages of one) attention reads: valid, with one head_dim, and a
+/// score buffer wherever scores are accumulated.
+template <StorageElement T>
+void check_segments(std::span<const HeadView<T>> segments, const AttentionOptions& options, const char* what) {
+  require(!segments.empty(), ErrorCode::invalid_argument, what, ": no entries (no segments)");
+  for (const auto& head : segments) {
+    validate_layout(head, what);
+    require(head.head_dim == segments[0].head_dim, ErrorCode::invalid_argument, what, ": segments differ in head_dim");
+    require(!options.accumulate_scores || head.scores, ErrorCode::invalid_argument, what,
+            ": accumulate_scores needs a score buffer in the head view");
+  }
+}
 }  // namespace detail
 
 /// Decode attention: the G query heads of one token (queries [G][head_dim]) over every entry of
@@ -58,14 +71,7 @@ inline void check_queries(std::span<const float> queries, std::size_t expected, 
 template <StorageElement T>
 void decode_attention(std::span<const HeadView<T>> segments, std::span<const float> queries, int num_query_heads,
                       std::span<float> out, const AttentionOptions& options = {}) {
-  detail::require(!segments.empty(), ErrorCode::invalid_argument, "decode_attention: no entries (no segments)");
-  for (const auto& head : segments) {
-    detail::validate_layout(head, "decode_attention");
-    detail::require(head.head_dim == segments[0].head_dim, ErrorCode::invalid_argument,
-                    "decode_attention: segments differ in head_dim");
-    detail::require(!options.accumulate_scores || head.scores, ErrorCode::invalid_argument,
-                    "decode_attention: accumulate_scores needs a score buffer in the head view");
-  }
+  detail::check_segments(segments, options, "decode_attention");
   const int d = segments[0].head_dim;
   detail::require(num_query_heads > 0, ErrorCode::invalid_argument,
                   "decode_attention: num_query_heads must be positive");
@@ -89,14 +95,7 @@ template <StorageElement T>
 void block_attention(std::span<const HeadView<T>> segments, std::span<const float> queries, int num_query_heads,
                      std::span<const Position> query_positions, std::span<float> out,
                      const AttentionOptions& options = {}) {
-  detail::require(!segments.empty(), ErrorCode::invalid_argument, "block_attention: no entries (no segments)");
-  for (const auto& head : segments) {
-    detail::validate_layout(head, "block_attention");
-    detail::require(head.head_dim == segments[0].head_dim, ErrorCode::invalid_argument,
-                    "block_attention: segments differ in head_dim");
-    detail::require(!options.accumulate_scores || head.scores, ErrorCode::invalid_argument,
-                    "block_attention: accumulate_scores needs a score buffer in the head view");
-  }
+  detail::check_segments(segments, options, "block_attention");
   const int d = segments[0].head_dim;
   detail::require(num_query_heads > 0, ErrorCode::invalid_argument,
                   "block_attention: num_query_heads must be positive");
