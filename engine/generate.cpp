@@ -1,11 +1,10 @@
 // simcalkv-generate: run a Hugging Face Llama / Qwen2 / Mistral checkpoint on the CPU with any
 // registered KV-cache policy (the reference host engine, engine/).
 //
-//   simcalkv-generate [--model DIR] (--prompt TEXT | --prompt-file F) [--max-new-tokens N]
-//       (--model defaults to the bundled models/simcalkv-tiny)
-//       [--kv-method NAME[:options]] [--compress-ratio R] [--window W] [--threads T] [--json]
-//       [--dump-trace FILE] [--kv-dtype f32|bf16] [--chunk N] [--decode-compress] [--decode-slack S]
-//       [--temperature T] [--top-p P] [--seed S] [--ignore-eos] [--no-special-tokens] [--bench]
+//   simcalkv-generate (--prompt TEXT | --prompt_file F) [--kv_method SPEC --compress_ratio R] [options]
+//
+// `simcalkv-generate --help` lists the options (tools/common/flags.hpp parses them, as for every tool).
+#include "flags.hpp"
 #include "openmp_wait.hpp"
 #include "session.hpp"
 #include "tokenizer.hpp"
@@ -32,108 +31,60 @@ struct Args {
   std::string prompt, prompt_file, kv_method, dump_trace, kv_dtype = "f32", kv_layout = "compact";
   bool has_prompt = false, json = false, decode_compress = false, ignore_eos = false, special_tokens = true;
   bool bench = false;
-  bool ratio_given = false;
   int max_new_tokens = 32, window = 32, threads = 0, chunk = 512;
   double compress_ratio = 0.5, temperature = 0.0, top_p = 1.0;
   std::size_t decode_slack = 16;
   unsigned long long seed = 0;
 };
 
-const char* usage_text() {
-  return "usage: simcalkv-generate (--prompt TEXT | --prompt-file F) [options]\n"
-         "Runs a Hugging Face Llama / Qwen2 / Mistral checkpoint on the CPU, optionally compressing its KV cache.\n"
-         "  --model DIR            checkpoint folder (default: the bundled models/simcalkv-tiny)\n"
-         "  --prompt TEXT          the prompt\n"
-         "  --prompt-file F        read the prompt from a file\n"
-         "  --max-new-tokens N     tokens to generate, >= 0 (default 32)\n"
-         "  --kv-method NAME       a registry policy spec, e.g. SimCalKV or AdaKV+SnapKV (default: none)\n"
-         "  --compress-ratio R     fraction of the cache removed, in [0, 1) (default 0.5)\n"
-         "  --window W             observation window: last W prompt queries, > 0 (default 32)\n"
-         "  --threads T            OpenMP and Eigen threads, >= 0; 0 keeps the default (default 0)\n"
-         "  --json                 print the result as JSON\n"
-         "  --dump-trace FILE      write the prompt's KV trace (safetensors) to FILE\n"
-         "  --kv-dtype f32|bf16    cache storage type (default f32)\n"
-         "  --kv-layout L          compact (a buffer per KV head) or paged (32-entry pages, a block table\n"
-         "                         per KV head); the same tokens either way (default compact)\n"
-         "  --chunk N              prefill chunk in tokens, > 0 (default 512)\n"
-         "  --decode-compress      also compress while decoding (needs --kv-method)\n"
-         "  --decode-slack S       decode growth past the budget before compressing again (default 16)\n"
-         "  --temperature T        sampling temperature, >= 0; 0 is greedy (default 0)\n"
-         "  --top-p P              nucleus sampling mass, in (0, 1] (default 1)\n"
-         "  --seed S               sampling seed (default 0)\n"
-         "  --ignore-eos           keep generating after the end-of-sequence token\n"
-         "  --no-special-tokens    do not add the tokenizer's special tokens to the prompt\n"
-         "  --bench                add speed bounds (copy bandwidth, bytes per step) to the JSON result\n"
-         "  --help, -h             this text\n";
+simcalkv::tools::Flags make_flags(Args& a) {
+  namespace t = simcalkv::tools;
+  t::Flags f("simcalkv-generate", "(--prompt TEXT | --prompt_file F) [options]",
+             "Runs a Hugging Face Llama / Qwen2 / Mistral checkpoint on the CPU, optionally compressing its KV cache "
+             "after the prompt (and, with --decode_compress, while decoding). Prints the answer; --json prints the "
+             "answer with timings and cache sizes.");
+  f.section("model and prompt");
+  f.text("model_name", &a.model, "DIR", "checkpoint folder").alias("model").shown_default("models/simcalkv-tiny");
+  f.custom("prompt", "TEXT", "the prompt", "", [&a](const std::string& v) { a.prompt = v, a.has_prompt = true; });
+  f.text("prompt_file", &a.prompt_file, "F", "read the prompt from a file");
+  f.flag("no_special_tokens", &a.special_tokens, "do not add the tokenizer's special tokens to the prompt", false);
+  f.section("compression");
+  f.text("kv_method", &a.kv_method, "SPEC", "a registry policy spec, e.g. SimCalKV or AdaKV+SnapKV")
+      .shown_default("none: the full cache");
+  f.number("compress_ratio", &a.compress_ratio, t::half_open(0, 1), "R", "fraction of the KV cache removed");
+  f.number("window", &a.window, t::closed(1, 1 << 20), "W", "observation window: the prompt's last W queries");
+  f.flag("decode_compress", &a.decode_compress, "also compress while decoding (needs --kv_method)");
+  f.number("decode_slack", &a.decode_slack, t::closed(0, 1 << 20), "S",
+           "decode growth past the budget before compressing again");
+  f.choice("kv_dtype", &a.kv_dtype, {"f32", "bf16"}, "cache storage type");
+  f.choice("kv_layout", &a.kv_layout, {"compact", "paged"},
+           "a buffer per KV head, or 32-entry pages with a block table per KV head; the same tokens either way");
+  f.section("decoding");
+  f.number("max_new_tokens", &a.max_new_tokens, t::closed(0, 1 << 20), "N", "tokens to generate");
+  f.number("temperature", &a.temperature, t::closed(0, 1e6), "T", "sampling temperature; 0 is greedy");
+  f.number("top_p", &a.top_p, t::left_open(0, 1), "P", "nucleus sampling mass");
+  f.number("seed", &a.seed, t::at_least(0), "S", "sampling seed");
+  f.flag("ignore_eos", &a.ignore_eos, "keep generating after the end-of-sequence token");
+  f.section("machine and output");
+  f.number("chunk", &a.chunk, t::closed(1, 1 << 20), "N", "prefill chunk in tokens");
+  f.number("threads", &a.threads, t::closed(0, 4096), "T", "OpenMP and Eigen threads; 0 keeps the default");
+  f.flag("json", &a.json, "print the result as JSON");
+  f.flag("bench", &a.bench, "add speed bounds (copy bandwidth, bytes per step) to the JSON result");
+  f.text("dump_trace", &a.dump_trace, "FILE", "write the prompt's KV trace (safetensors) to FILE");
+  return f;
 }
 
-struct HelpRequested {};
-
-[[noreturn]] void usage_error(const std::string& msg) {
-  throw engine::EngineError(msg + " (simcalkv-generate --help lists the options)");
-}
-
-template <class N>
-N parse_number(const std::string& flag, const std::string& v) {
-  try {
-    std::size_t used = 0;
-    N out;
-    if constexpr (std::is_floating_point_v<N>) out = static_cast<N>(std::stod(v, &used));
-    else out = static_cast<N>(std::stoll(v, &used));
-    if (used != v.size()) throw std::invalid_argument(v);
-    return out;
-  } catch (const std::exception&) {
-    usage_error(flag + " expects a number, got '" + v + "'");
-  }
-}
-
-Args parse_args(int argc, char** argv) {
-  Args a;
-  for (int i = 1; i < argc; ++i) {
-    const std::string f = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage_error(f + " needs a value");
-      return argv[++i];
-    };
-    if (f == "--model") a.model = value();
-    else if (f == "--prompt") a.prompt = value(), a.has_prompt = true;
-    else if (f == "--prompt-file") a.prompt_file = value();
-    else if (f == "--max-new-tokens") a.max_new_tokens = parse_number<int>(f, value());
-    else if (f == "--kv-method") a.kv_method = value();
-    else if (f == "--compress-ratio") a.compress_ratio = parse_number<double>(f, value()), a.ratio_given = true;
-    else if (f == "--window") a.window = parse_number<int>(f, value());
-    else if (f == "--threads") a.threads = parse_number<int>(f, value());
-    else if (f == "--json") a.json = true;
-    else if (f == "--dump-trace") a.dump_trace = value();
-    else if (f == "--kv-dtype") a.kv_dtype = value();
-    else if (f == "--kv-layout") a.kv_layout = value();
-    else if (f == "--chunk") a.chunk = parse_number<int>(f, value());
-    else if (f == "--decode-compress") a.decode_compress = true;
-    else if (f == "--decode-slack") a.decode_slack = parse_number<std::size_t>(f, value());
-    else if (f == "--temperature") a.temperature = parse_number<double>(f, value());
-    else if (f == "--top-p") a.top_p = parse_number<double>(f, value());
-    else if (f == "--seed") a.seed = parse_number<unsigned long long>(f, value());
-    else if (f == "--ignore-eos") a.ignore_eos = true;
-    else if (f == "--no-special-tokens") a.special_tokens = false;
-    else if (f == "--bench") a.bench = true;
-    else if (f == "--help" || f == "-h") throw HelpRequested{};
-    else usage_error("unknown option '" + f + "'");
-  }
-  if (a.model.empty()) usage_error("--model needs a folder");
-  if (a.has_prompt == !a.prompt_file.empty()) usage_error("give exactly one of --prompt and --prompt-file");
-  if (a.max_new_tokens < 0) usage_error("--max-new-tokens must be >= 0");
-  if (a.window <= 0) usage_error("--window must be positive");
-  if (a.chunk <= 0) usage_error("--chunk must be positive");
-  if (a.threads < 0) usage_error("--threads must be >= 0");
-  if (!(a.compress_ratio >= 0.0 && a.compress_ratio < 1.0)) usage_error("--compress-ratio must be in [0, 1)");
-  if (!(a.top_p > 0.0 && a.top_p <= 1.0)) usage_error("--top-p must be in (0, 1]");
-  if (!(a.temperature >= 0.0)) usage_error("--temperature must be >= 0");
-  if (a.kv_dtype != "f32" && a.kv_dtype != "bf16") usage_error("--kv-dtype must be f32 or bf16");
-  if (a.kv_layout != "compact" && a.kv_layout != "paged") usage_error("--kv-layout must be compact or paged");
-  if (a.decode_compress && a.kv_method.empty()) usage_error("--decode-compress needs --kv-method");
-  if (a.ratio_given && a.kv_method.empty())
-    usage_error("--compress-ratio needs --kv-method (without one nothing is compressed), e.g. --kv-method SimCalKV");
-  return a;
+/// Returns false when --help was asked for.
+bool parse_args(int argc, char** argv, Args& a) {
+  auto flags = make_flags(a);
+  if (!flags.parse(argc, argv)) return false;
+  using simcalkv::tools::UsageError;
+  if (a.model.empty()) throw UsageError("--model_name needs a folder");
+  if (a.has_prompt == !a.prompt_file.empty()) throw UsageError("give exactly one of --prompt and --prompt_file");
+  if (a.decode_compress && a.kv_method.empty()) throw UsageError("--decode_compress needs --kv_method");
+  if (flags.given("compress_ratio") && a.kv_method.empty())
+    throw UsageError("--compress_ratio needs --kv_method (without one nothing is compressed), e.g. --kv_method SimCalKV");
+  return true;
 }
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
@@ -301,7 +252,17 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
 int main(int argc, char** argv) {
   simcalkv::tools::prefer_passive_openmp_wait(argv);
   try {
-    const Args a = parse_args(argc, argv);
+    Args a;
+    try {
+      if (!parse_args(argc, argv, a)) {
+        Args defaults;
+        std::fputs(make_flags(defaults).help().c_str(), stdout);
+        return 0;
+      }
+    } catch (const simcalkv::tools::UsageError& e) {
+      Args defaults;
+      return make_flags(defaults).report(e);
+    }
 #ifdef _OPENMP
     if (a.threads > 0) omp_set_num_threads(a.threads);
 #endif
@@ -324,9 +285,6 @@ int main(int argc, char** argv) {
                    out["prompt_tokens"].get<std::size_t>(), out["prefill_seconds"].get<double>(),
                    out["compress_seconds"].get<double>(), out["decode_tokens_per_second"].get<double>(),
                    out["kv_bytes_before"].get<std::size_t>(), out["kv_bytes_after"].get<std::size_t>());
-    return 0;
-  } catch (const HelpRequested&) {
-    std::fputs(usage_text(), stdout);
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "simcalkv-generate: error: %s\n", e.what());

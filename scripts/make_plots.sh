@@ -21,7 +21,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$build" -j"$jobs" --target simcalkv_fidelity simcalkv-bench
 
 echo "== fidelity on the synthetic trace"
-"$build/tools/simcalkv-fidelity" --synthetic --policies all --keep 1.0,0.5,0.25,0.1 \
+"$build/tools/simcalkv-fidelity" --synthetic --kv_method all --compress_ratio 0,0.5,0.75,0.9 \
   --threads "$jobs" --json "$out/fidelity.json" | tee "$out/fidelity.txt"
 
 echo "== benchmark (short)"

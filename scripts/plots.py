@@ -29,21 +29,23 @@ def fidelity_plot(path, out):
     fig, axes = plt.subplots(1, 2, figsize=(14, 5.6))
     colors = plt.get_cmap("tab20").colors
     markers = "osD^v<>pPhX*"
+    def removed(r):
+        # simcalkv-fidelity reports compress_ratio (fraction removed); files written before it reported keep.
+        return r["compress_ratio"] if "compress_ratio" in r else round(1.0 - r["keep"], 12)
     for i, (policy, rows) in enumerate(by_policy.items()):
-        # Keep 1.0 and Full give exactly 0 (nothing removed): left out of the curves.
-        rows = sorted((r for r in rows if r["keep"] < 1.0), key=lambda r: r["keep"])
+        # compress_ratio 0 and Full give exactly 0 (nothing removed): left out of the curves.
+        rows = sorted((r for r in rows if removed(r) > 0), key=removed)
         if policy == "Full" or not rows:
             continue
         simcal = "SimCalKV" in policy
         style = dict(marker=markers[i % len(markers)], color=STRONG.get(policy, colors[i % len(colors)]),
                      linewidth=2.6 if simcal else 1.2, linestyle="-" if simcal else "--", markersize=6 if simcal else 4)
-        keep = [r["keep"] for r in rows]
-        axes[0].plot(keep, [r["rel_error_mean"] for r in rows], label=policy, **style)
-        axes[1].plot(keep, [r["rel_error_p95"] for r in rows], label=policy, **style)
-    ticks = sorted({r["keep"] for r in data["results"] if r["keep"] < 1.0})
+        ratio = [removed(r) for r in rows]
+        axes[0].plot(ratio, [r["rel_error_mean"] for r in rows], label=policy, **style)
+        axes[1].plot(ratio, [r["rel_error_p95"] for r in rows], label=policy, **style)
+    ticks = sorted({removed(r) for r in data["results"] if removed(r) > 0})
     for ax, what in zip(axes, ["mean", "95th percentile"]):
-        ax.set_xscale("log")
-        ax.set_xlabel("kept fraction of the prompt")
+        ax.set_xlabel("compress_ratio: fraction of the prompt removed")
         ax.set_ylabel(f"relative L2 error of attention output ({what})")
         ax.grid(True, which="both", alpha=0.3)
         ax.set_xticks(ticks)
@@ -53,7 +55,7 @@ def fidelity_plot(path, out):
     axes[1].legend(fontsize=8, loc="center left", bbox_to_anchor=(1.02, 0.5))
     fig.suptitle(f"Attention error of the next {data['future']} tokens after compressing the prompt "
                  f"({data['trace']}, n={data['n']}, window={data['window']}); "
-                 f"Full and keep 1.0 give exactly 0", fontsize=10)
+                 f"Full and compress_ratio 0 give exactly 0", fontsize=10)
     fig.tight_layout()
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -51,7 +51,7 @@ const io::Trace& small_trace() {
 
 FidelityOptions small_options() {
   FidelityOptions o;
-  o.keep = {0.5, 0.25};
+  o.compress_ratios = {0.5, 0.75};
   o.future = 64;
   o.window = 16;
   o.trace_name = "small";
@@ -83,21 +83,21 @@ TEST_CASE("fidelity: Full is exact and the library matches the exact reference",
   CHECK(report.prompt_len == 576);
 }
 
-TEST_CASE("fidelity: keep 1.0 is exact for SimCalKV too", "[fidelity]") {
+TEST_CASE("fidelity: compress_ratio 0 is exact for SimCalKV too", "[fidelity]") {
   auto options = small_options();
-  options.keep = {1.0};
+  options.compress_ratios = {0.0};
   const auto report =
       tools::run_fidelity(small_trace(), {{"SimCalKV", make_policy("SimCalKV")}}, options, sequential_executor());
   CHECK(report.results.at(0).rel_error_max == 0.0);
 }
 
-TEST_CASE("fidelity: SimCalKV at keep 0.5 beats eviction", "[fidelity]") {
+TEST_CASE("fidelity: SimCalKV at compress_ratio 0.5 beats eviction", "[fidelity]") {
   std::vector<FidelityPolicy> policies = {{"SimCalKV", make_policy("SimCalKV")},
                                           {"random", AnyPolicy(RandomEviction{})}};
   const bool streaming = registered("StreamingLLM");
   if (streaming) policies.push_back({"StreamingLLM", make_policy("StreamingLLM")});
   auto options = small_options();
-  options.keep = {0.5};
+  options.compress_ratios = {0.5};
   const auto report = tools::run_fidelity(small_trace(), policies, options, sequential_executor());
   const auto& simcal = report.results.at(0);
   const auto& random = report.results.at(1);
@@ -148,7 +148,7 @@ TEST_CASE("fidelity: JSON shape", "[fidelity]") {
   REQUIRE(results.size() == 2);
   for (const auto& r : results) {
     CHECK(r.at("policy") == "SimCalKV");
-    CHECK(r.at("keep").is_number());
+    CHECK(r.at("compress_ratio").is_number());
     CHECK(r.at("budget").is_number_integer());
     CHECK(r.at("rel_error_mean").is_number());
     CHECK(r.at("rel_error_p95").is_number());
@@ -161,15 +161,16 @@ TEST_CASE("fidelity: JSON shape", "[fidelity]") {
     CHECK(layers[0].at("rel_error_mean").is_number());
     CHECK(layers[0].at("rel_error_p95").is_number());
   }
-  CHECK(results[0].at("keep") == 0.5);
+  CHECK(results[0].at("compress_ratio") == 0.5);
   CHECK(results[1].at("budget") == 144);
   CHECK(!tools::format_table(report).empty());
 }
 
 TEST_CASE("fidelity: budgets and policy lists", "[fidelity]") {
   CHECK(tools::fidelity_budget(0.5, 1000, 32) == 500);
-  CHECK(tools::fidelity_budget(0.01, 1000, 32) == 36);  // the protected entries
-  CHECK(tools::fidelity_budget(0.01, 20, 32) == 20);
+  CHECK(tools::fidelity_budget(0.99, 1000, 32) == 36);  // the protected entries
+  CHECK(tools::fidelity_budget(0.99, 20, 32) == 20);
+  CHECK(tools::fidelity_budget(0.75, 1000, 32) == 250);
   CHECK(tools::split_policy_list("SimCalKV,Full") == std::vector<std::string>{"SimCalKV", "Full"});
   CHECK(tools::split_policy_list("SimCalKV:bias=none,search=exact,Full") ==
         std::vector<std::string>{"SimCalKV:bias=none,search=exact", "Full"});

@@ -16,12 +16,12 @@
 //   o_policy the library's block attention over the compressed cache.
 // The error is rel_error = ||o_policy - o_full|| / ||o_exact||: the attention error compression
 // causes, relative to the exact output. Because o_policy and o_full run the same code on the
-// same inputs when nothing was removed, Full (or any policy at keep 1.0) gives exactly 0. The
+// same inputs when nothing was removed, Full (or any policy at compress_ratio 0) gives exactly 0. The
 // library's own float rounding, ||o_full - o_exact|| / ||o_exact||, is reported separately as
 // reference_error (about 1e-7; compression errors are orders of magnitude larger, so measuring
 // against o_exact instead would change no reported digit that matters).
 //
-// Budget per KV head: round(keep * P), raised to the protected count min(P, 4 + window) (the
+// Budget per KV head: round((1 - compress_ratio) * P), as Budget::compress_ratio rounds it, raised to the protected count min(P, 4 + window) (the
 // default 4 sinks + `window` recent entries every window-based policy keeps); Full keeps P.
 // The mean and the 95th percentile (nearest rank) are over all (query head, token) pairs of the
 // selected layers, and per layer. compress_seconds is steady_clock time around the compress
@@ -31,6 +31,8 @@
 // heads (the executor is the request's), attention over KV heads. Every task writes only its own
 // outputs and sums in a fixed order, so the numbers do not depend on the thread count.
 #pragma once
+
+#include "policy_list.hpp"
 
 #include "simcalkv/simcalkv.hpp"
 #include "simcalkv/io/trace.hpp"
@@ -59,7 +61,7 @@ struct FidelityPolicy {
 };
 
 struct FidelityOptions {
-  std::vector<double> keep{0.5, 0.25, 0.1};  // kept fractions, each in (0, 1]
+  std::vector<double> compress_ratios{0.5, 0.75, 0.9};  // fractions of the prompt removed, each in [0, 1)
   int future = 256;                          // tokens after the prompt whose attention is measured
   int window = 32;                           // observation window: the prompt's last queries
   std::vector<int> layers;                   // indices into the trace's held layers; empty: all
@@ -76,7 +78,7 @@ struct LayerFidelity {
 
 struct FidelityResult {
   std::string policy;
-  double keep = 1.0;
+  double compress_ratio = 0.0;   // fraction of the prompt removed
   std::size_t budget = 0;         // entries per KV head asked for
   double kept_fraction = 1.0;     // entries after compression / prompt entries, all heads
   double rel_error_mean = 0;
@@ -108,45 +110,15 @@ inline std::size_t fidelity_protected_count(std::size_t prompt_len, int window) 
   return std::min(prompt_len, static_cast<std::size_t>(4 + std::max(window, 0)));
 }
 
-/// round(keep * prompt_len), at least the protected count, at most prompt_len.
-inline std::size_t fidelity_budget(double keep, std::size_t prompt_len, int window) {
-  const auto rounded = static_cast<std::size_t>(std::llround(keep * static_cast<double>(prompt_len)));
+/// round((1 - compress_ratio) * prompt_len), at least the protected count, at most prompt_len.
+inline std::size_t fidelity_budget(double compress_ratio, std::size_t prompt_len, int window) {
+  const auto rounded = Budget::compress_ratio(compress_ratio).for_length(prompt_len);
   return std::min(prompt_len, std::max(rounded, fidelity_protected_count(prompt_len, window)));
 }
 
-/// Splits a --policies list. ';' always separates specs. ',' separates them too, except that a
-/// piece holding '=' but no ':' continues the previous spec's options, so
-/// "SimCalKV:bias=none,search=exact,SnapKV" is two specs. "all" expands to every registered name.
-inline std::vector<std::string> split_policy_list(std::string_view text) {
-  std::vector<std::string> specs;
-  auto trim = [](std::string_view s) {
-    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-    return s;
-  };
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const std::size_t end = std::min(text.find(';', start), text.size());
-    const std::string_view group = text.substr(start, end - start);
-    std::size_t g = 0;
-    bool continues = false;  // the last spec of this group takes option pieces
-    while (g <= group.size()) {
-      const std::size_t comma = std::min(group.find(',', g), group.size());
-      const std::string_view piece = trim(group.substr(g, comma - g));
-      if (!piece.empty()) {
-        const bool option_piece = piece.find('=') != std::string_view::npos && piece.find(':') == std::string_view::npos;
-        if (option_piece && continues) {
-          specs.back() += ',';
-          specs.back() += piece;
-        } else {
-          specs.emplace_back(piece);
-          continues = piece.find(':') != std::string_view::npos;
-        }
-      }
-      g = comma + 1;
-    }
-    start = end + 1;
-  }
+/// Splits a --kv_method list (split_policy_specs' rule); "all" expands to every registered name.
+inline std::vector<std::string> split_policy_list(const std::string& text) {
+  const auto specs = split_policy_specs("--kv_method", text);
   std::vector<std::string> out;
   for (const auto& s : specs) {
     if (to_lower(s) == "all") {
@@ -306,10 +278,10 @@ inline FidelityReport run_fidelity(const io::Trace& trace, const std::vector<Fid
           "fidelity: the trace has ", trace.n, " tokens, fewer than future (", options.future, ") + window (",
           options.window, ")");
   require(!policies.empty(), ErrorCode::invalid_argument, "fidelity: no policies to measure");
-  require(!options.keep.empty(), ErrorCode::invalid_argument, "fidelity: no kept fractions");
-  for (double k : options.keep)
-    require(std::isfinite(k) && k > 0.0 && k <= 1.0, ErrorCode::invalid_argument,
-            "fidelity: kept fraction must be in (0, 1], got ", k);
+  require(!options.compress_ratios.empty(), ErrorCode::invalid_argument, "fidelity: no compression ratios");
+  for (double r : options.compress_ratios)
+    require(std::isfinite(r) && r >= 0.0 && r < 1.0, ErrorCode::invalid_argument,
+            "fidelity: compress_ratio (fraction removed) must be in [0, 1), got ", r);
 
   std::vector<int> selected = options.layers;
   if (selected.empty())
@@ -340,18 +312,18 @@ inline FidelityReport run_fidelity(const io::Trace& trace, const std::vector<Fid
   for (int l : selected) report.layers.push_back(layer_id(l));
   report.threads = exec.concurrency();
 
-  // One result per (policy, keep), in that order; errors collected per layer.
-  const std::size_t configs = policies.size() * options.keep.size();
+  // One result per (policy, compress_ratio), in that order; errors collected per layer.
+  const std::size_t configs = policies.size() * options.compress_ratios.size();
   std::vector<std::vector<std::vector<double>>> errors(configs);  // [config][layer][rows]
   report.results.resize(configs);
   std::vector<std::size_t> before(configs, 0), after(configs, 0);
   for (std::size_t p = 0; p < policies.size(); ++p)
-    for (std::size_t k = 0; k < options.keep.size(); ++k) {
-      auto& r = report.results[p * options.keep.size() + k];
+    for (std::size_t k = 0; k < options.compress_ratios.size(); ++k) {
+      auto& r = report.results[p * options.compress_ratios.size() + k];
       r.policy = policies[p].label;
-      r.keep = options.keep[k];
+      r.compress_ratio = options.compress_ratios[k];
       const bool full = policies[p].policy.name() == "Full";
-      r.budget = full ? static_cast<std::size_t>(P) : fidelity_budget(r.keep, static_cast<std::size_t>(P), options.window);
+      r.budget = full ? static_cast<std::size_t>(P) : fidelity_budget(r.compress_ratio, static_cast<std::size_t>(P), options.window);
     }
 
   std::vector<Position> window_positions(static_cast<std::size_t>(options.window));
@@ -383,7 +355,7 @@ inline FidelityReport run_fidelity(const io::Trace& trace, const std::vector<Fid
     strided.head_stride = static_cast<std::ptrdiff_t>(trace.n) * trace.head_dim;
 
     for (std::size_t c = 0; c < configs; ++c) {
-      const auto& policy = policies[c / options.keep.size()];
+      const auto& policy = policies[c / options.compress_ratios.size()];
       auto& result = report.results[c];
       KVCache<float> cache = prompt_cache(trace, l, P);
       LayerRequest<float> request;
@@ -423,7 +395,7 @@ inline FidelityReport run_fidelity(const io::Trace& trace, const std::vector<Fid
   return report;
 }
 
-/// The report as JSON: {"trace","n","future","window","results":[{"policy","keep","budget",
+/// The report as JSON: {"trace","n","future","window","results":[{"policy","compress_ratio","budget",
 /// "rel_error_mean","rel_error_p95","per_layer":[{"layer","rel_error_mean","rel_error_p95"}],
 /// "compress_seconds"}]} plus a few more descriptive fields.
 inline nlohmann::json to_json(const FidelityReport& report) {
@@ -444,7 +416,7 @@ inline nlohmann::json to_json(const FidelityReport& report) {
   for (const auto& r : report.results) {
     nlohmann::json e;
     e["policy"] = r.policy;
-    e["keep"] = r.keep;
+    e["compress_ratio"] = r.compress_ratio;
     e["budget"] = r.budget;
     e["kept_fraction"] = r.kept_fraction;
     e["rel_error_mean"] = r.rel_error_mean;
@@ -477,11 +449,11 @@ inline std::string format_table(const FidelityReport& report) {
   for (const auto& r : report.results) width = std::max(width, r.policy.size());
   char line[512];
   std::snprintf(line, sizeof line, "%-*s  %5s  %6s  %6s  %12s  %12s  %12s  %10s\n", static_cast<int>(width), "policy",
-                "keep", "budget", "kept", "err_mean", "err_p95", "err_max", "compress_s");
+                "ratio", "budget", "kept", "err_mean", "err_p95", "err_max", "compress_s");
   out << line;
   for (const auto& r : report.results) {
     std::snprintf(line, sizeof line, "%-*s  %5.3f  %6zu  %6.3f  %12.4e  %12.4e  %12.4e  %10.4f\n",
-                  static_cast<int>(width), r.policy.c_str(), r.keep, r.budget, r.kept_fraction, r.rel_error_mean,
+                  static_cast<int>(width), r.policy.c_str(), r.compress_ratio, r.budget, r.kept_fraction, r.rel_error_mean,
                   r.rel_error_p95, r.rel_error_max, r.compress_seconds);
     out << line;
   }

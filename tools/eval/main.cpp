@@ -323,7 +323,7 @@ int main(int argc, char** argv) {
     plan.args = parse_args(std::vector<std::string>(argv + 1, argv + argc));
     const Args& a = plan.args;
     if (a.help) {
-      std::fputs(usage_text(), stdout);
+      std::fputs(usage_text().c_str(), stdout);
       return 0;
     }
     if (a.list) {

@@ -1,10 +1,13 @@
 // simcalkv-taskgen: writes offline RULER-style long-context task sets as JSONL (see taskgen.hpp).
-// Usage: simcalkv-taskgen [--model DIR] [--haystack FILE] [--lengths 1024,2048] [--per-task N] [--seed S]
-//                         [--tasks a,b,...] --out DIR
+// Usage: simcalkv-taskgen --out DIR [--model_name DIR] [--haystack FILE] [--lengths 1024,2048] [--per_task N]
+//                         [--seed S] [--tasks a,b,...]   (simcalkv-taskgen --help lists them)
 // Writes DIR/<task>_<length>.jsonl, one example a line: index, task, input, answer_prefix, outputs, metric
 // (string_match_all: every output must appear in the prediction; string_match_part: any one), length (tokens
 // of input + answer_prefix with the model's tokenizer) and target_length.
+#include "flags.hpp"
 #include "taskgen.hpp"
+
+#include <algorithm>
 
 #include <filesystem>
 #include <fstream>
@@ -15,16 +18,6 @@
 #define SIMCALKV_SOURCE_DIR "."
 #endif
 
-namespace {
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  for (std::string x; std::getline(ss, x, ',');)
-    if (!x.empty()) out.push_back(x);
-  return out;
-}
-}  // namespace
-
 int main(int argc, char** argv) {
   std::string model_dir = SIMCALKV_SOURCE_DIR "/models/simcalkv-tiny";
   std::string haystack = SIMCALKV_SOURCE_DIR "/data/corpus/haystack.txt";
@@ -33,31 +26,38 @@ int main(int argc, char** argv) {
   std::vector<std::string> tasks = taskgen::task_names();
   int per_task = 20;
   std::uint64_t seed = 42;
+  namespace t = simcalkv::tools;
+  std::string all_tasks;
+  for (const auto& name : tasks) all_tasks += (all_tasks.empty() ? "" : ",") + name;
+  t::Flags flags("simcalkv-taskgen", "--out DIR [options]",
+                 "Writes offline RULER-style long-context task sets, DIR/<task>_<length>.jsonl, one example a line "
+                 "(index, task, input, answer_prefix, outputs, metric, length, target_length). Lengths are counted "
+                 "with the model's tokenizer.");
+  flags.text("model_name", &model_dir, "DIR", "the checkpoint whose tokenizer counts the lengths")
+      .alias("model")
+      .shown_default("models/simcalkv-tiny");
+  flags.text("haystack", &haystack, "FILE", "text the needles are hidden in").shown_default("data/corpus/haystack.txt");
+  flags.text("out", &out_dir, "DIR", "output folder (required)");
+  flags.number_list("lengths", &lengths, t::closed(64, 1 << 20), "LIST", "target prompt lengths in tokens");
+  flags.number("per_task", &per_task, t::closed(1, 1000000), "N", "examples per task and length");
+  flags.number("seed", &seed, t::at_least(0), "S", "seed; each example depends only on (seed, task, length, index)");
+  flags.custom("tasks", "LIST", "task names, comma-separated", all_tasks, [&](const std::string& v) {
+    tasks = t::split_commas("--tasks", v);
+    const auto known = taskgen::task_names();
+    for (const auto& name : tasks)
+      if (std::find(known.begin(), known.end(), name) == known.end())
+        throw t::UsageError("--tasks: unknown task '" + name + "' (tasks: " + all_tasks + ")");
+  });
   try {
-    for (int i = 1; i < argc; ++i) {
-      const std::string a = argv[i];
-      auto need = [&]() -> std::string {
-        if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
-        return argv[++i];
-      };
-      if (a == "--model") model_dir = need();
-      else if (a == "--haystack") haystack = need();
-      else if (a == "--out") out_dir = need();
-      else if (a == "--per-task") per_task = std::stoi(need());
-      else if (a == "--seed") seed = std::stoull(need());
-      else if (a == "--tasks") tasks = split(need());
-      else if (a == "--lengths") {
-        lengths.clear();
-        for (const auto& x : split(need())) lengths.push_back(std::stoi(x));
-      } else if (a == "-h" || a == "--help") {
-        std::cout << "usage: simcalkv-taskgen [--model DIR] [--haystack FILE] [--lengths 1024,2048] "
-                     "[--per-task N] [--seed S] [--tasks niah_single,...] --out DIR\n";
-        return 0;
-      } else {
-        throw std::runtime_error("unknown argument " + a);
-      }
+    if (!flags.parse(argc, argv)) {
+      std::cout << flags.help();
+      return 0;
     }
-    if (out_dir.empty()) throw std::runtime_error("--out DIR is required");
+    if (out_dir.empty()) throw t::UsageError("--out DIR is required");
+  } catch (const t::UsageError& e) {
+    return flags.report(e);
+  }
+  try {
     const auto tok = engine::Tokenizer::load(std::filesystem::path(model_dir) / "tokenizer.json");
     std::ifstream in(haystack, std::ios::binary);
     if (!in) throw std::runtime_error(haystack + ": cannot open");

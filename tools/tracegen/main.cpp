@@ -1,12 +1,15 @@
 // simcalkv-tracegen: writes a synthetic KV trace (see tools/common/synthetic_trace.hpp).
 //
-//   simcalkv-tracegen --out FILE [--layers 4] [--q-heads 8] [--kv-heads 2] [--head-dim 128]
-//                     [--n 2048] [--seed 1] [--dtype f32|f16|bf16] [--rope-theta 10000]
+//   simcalkv-tracegen --out FILE [--layers 4] [--q_heads 8] [--kv_heads 2] [--head_dim 128]
+//                     [--n 2048] [--seed 1] [--dtype f32|f16|bf16] [--rope_theta 10000]
 //
 // Exit status: 0 on success, 1 if generating or writing fails, 2 on a bad command line.
 #include "simcalkv/error.hpp"
 #include "simcalkv/io/trace.hpp"
+#include "flags.hpp"
 #include "synthetic_trace.hpp"
+
+#include <unistd.h>
 
 #include <charconv>
 #include <cmath>
@@ -22,48 +25,10 @@
 
 namespace {
 
-constexpr const char* usage =
-    "usage: simcalkv-tracegen --out FILE [options]\n"
-    "\n"
-    "Writes a synthetic KV trace (safetensors, simcalkv-trace format v1) with topic drift,\n"
-    "repeated tokens, outlier key channels, attention sinks and RoPE applied.\n"
-    "\n"
-    "options:\n"
-    "  --out FILE          output path (required)\n"
-    "  --layers N          number of layers (default 4)\n"
-    "  --q-heads N         query heads per layer (default 8)\n"
-    "  --kv-heads N        key/value heads per layer, dividing --q-heads (default 2)\n"
-    "  --head-dim N        head dimension, even (default 128)\n"
-    "  --n N               tokens (default 2048)\n"
-    "  --seed N            random seed (default 1)\n"
-    "  --dtype T           f32, f16 or bf16 (default f32)\n"
-    "  --rope-theta X      RoPE base (default 10000)\n"
-    "  --help              show this message\n";
-
-struct UsageError {
-  std::string message;
-};
-
-template <class Int>
-Int parse_int(std::string_view flag, std::string_view text, Int min_value) {
-  Int value{};
-  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc{} || end != text.data() + text.size() || value < min_value) {
-    throw UsageError{std::string(flag) + " expects an integer >= " + std::to_string(min_value) + ", got '" +
-                     std::string(text) + "'"};
-  }
-  return value;
-}
-
-float parse_float(std::string_view flag, std::string_view text) {
-  const std::string s(text);
-  char* end = nullptr;
-  const double value = std::strtod(s.c_str(), &end);
-  if (s.empty() || end != s.c_str() + s.size() || !std::isfinite(value) || value <= 1.0 ||
-      value > std::numeric_limits<float>::max()) {
-    throw UsageError{std::string(flag) + " expects a number > 1, got '" + s + "'"};
-  }
-  return static_cast<float>(value);
+/// Physical memory of this machine in bytes (0 if unknown).
+double physical_memory_bytes() {
+  const long pages = ::sysconf(_SC_PHYS_PAGES), page = ::sysconf(_SC_PAGE_SIZE);
+  return pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0.0;
 }
 
 }  // namespace
@@ -74,62 +39,49 @@ int main(int argc, char** argv) {
   std::optional<std::string> out;
   DType dtype = DType::F32;
 
+  namespace t = simcalkv::tools;
+  std::string out_file, dtype_name = "f32";
+  t::Flags flags("simcalkv-tracegen", "--out FILE [options]",
+                 "Writes a synthetic KV trace (safetensors, simcalkv-trace format v1) with topic drift, repeated "
+                 "tokens, outlier key channels, attention sinks and RoPE applied. Exit status: 0 on success, 1 if "
+                 "generating or writing fails, 2 on a bad command line.");
+  flags.text("out", &out_file, "FILE", "output path (required)");
+  flags.number("layers", &config.num_layers, t::closed(1, 1024), "N", "number of layers");
+  flags.number("q_heads", &config.num_q_heads, t::closed(1, 1024), "N", "query heads per layer");
+  flags.number("kv_heads", &config.num_kv_heads, t::closed(1, 1024), "N", "key/value heads per layer, dividing --q_heads");
+  flags.number("head_dim", &config.head_dim, t::closed(2, 4096), "N", "head dimension, even");
+  flags.number("n", &config.n, t::closed(1, 1 << 24), "N", "tokens");
+  flags.number("seed", &config.seed, t::at_least(0), "S", "random seed");
+  flags.choice("dtype", &dtype_name, {"f32", "f16", "bf16"}, "storage type of the written tensors");
+  flags.number("rope_theta", &config.rope_theta, t::above(1), "X", "RoPE base");
+
   try {
-    for (int i = 1; i < argc; ++i) {
-      std::string_view arg = argv[i];
-      if (arg == "--help" || arg == "-h") {
-        std::fputs(usage, stdout);
-        return 0;
-      }
-      if (arg.substr(0, 2) != "--") throw UsageError{"unexpected argument '" + std::string(arg) + "'"};
-      std::string_view flag = arg;
-      std::optional<std::string_view> value;
-      if (const auto eq = arg.find('='); eq != std::string_view::npos) {
-        flag = arg.substr(0, eq);
-        value = arg.substr(eq + 1);
-      }
-      auto take = [&]() -> std::string_view {
-        if (value) return *value;
-        if (i + 1 >= argc) throw UsageError{std::string(flag) + " needs a value"};
-        return argv[++i];
-      };
-      if (flag == "--out") {
-        const std::string_view path = take();
-        if (path.empty()) throw UsageError{"--out needs a non-empty path"};
-        out = std::string(path);
-      } else if (flag == "--layers") {
-        config.num_layers = parse_int<int>(flag, take(), 1);
-      } else if (flag == "--q-heads") {
-        config.num_q_heads = parse_int<int>(flag, take(), 1);
-      } else if (flag == "--kv-heads") {
-        config.num_kv_heads = parse_int<int>(flag, take(), 1);
-      } else if (flag == "--head-dim") {
-        config.head_dim = parse_int<int>(flag, take(), 2);
-      } else if (flag == "--n") {
-        config.n = parse_int<std::int64_t>(flag, take(), 1);
-      } else if (flag == "--seed") {
-        config.seed = parse_int<std::uint64_t>(flag, take(), 0);
-      } else if (flag == "--rope-theta") {
-        config.rope_theta = parse_float(flag, take());
-      } else if (flag == "--dtype") {
-        const std::string_view t = take();
-        if (t == "f32") dtype = DType::F32;
-        else if (t == "f16") dtype = DType::F16;
-        else if (t == "bf16") dtype = DType::BF16;
-        else throw UsageError{"--dtype expects f32, f16 or bf16, got '" + std::string(t) + "'"};
-      } else {
-        throw UsageError{"unknown option '" + std::string(flag) + "'"};
-      }
+    if (!flags.parse(argc, argv)) {
+      std::fputs(flags.help().c_str(), stdout);
+      return 0;
     }
-    if (!out) throw UsageError{"--out FILE is required"};
-    if (config.head_dim % 2 != 0) throw UsageError{"--head-dim must be even (RoPE pairs channels)"};
+    if (!out_file.empty()) out = out_file;
+    dtype = dtype_name == "f16" ? DType::F16 : dtype_name == "bf16" ? DType::BF16 : DType::F32;
+    if (!std::isfinite(config.rope_theta)) throw t::UsageError("--rope_theta is too large for a float");
+    if (!out) throw t::UsageError("--out FILE is required");
+    if (config.head_dim % 2 != 0) throw t::UsageError("--head_dim must be even (RoPE pairs channels)");
     if (config.num_q_heads % config.num_kv_heads != 0) {
-      throw UsageError{"--q-heads (" + std::to_string(config.num_q_heads) + ") must be a multiple of --kv-heads (" +
-                       std::to_string(config.num_kv_heads) + ")"};
+      throw t::UsageError("--q_heads (" + std::to_string(config.num_q_heads) + ") must be a multiple of --kv_heads (" +
+                       std::to_string(config.num_kv_heads) + ")");
     }
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "simcalkv-tracegen: %s\n(run simcalkv-tracegen --help for usage)\n", e.message.c_str());
-    return 2;
+    // Queries, keys and values are generated as float before writing: refuse what this machine cannot hold
+    // instead of ending in std::bad_alloc.
+    const double bytes = 4.0 * config.num_layers * (config.num_q_heads + 2.0 * config.num_kv_heads) *
+                         static_cast<double>(config.n) * config.head_dim;
+    const double memory = physical_memory_bytes();
+    if (memory > 0 && bytes > 0.5 * memory) {
+      char msg[256];
+      std::snprintf(msg, sizeof msg, "the trace would need %.1f GiB in memory, more than half of this machine's %.1f GiB; "
+                    "lower --n, --layers or the heads", bytes / (1 << 30), memory / (1 << 30));
+      throw t::UsageError(msg);
+    }
+  } catch (const t::UsageError& e) {
+    return flags.report(e);
   }
 
   try {

@@ -3,8 +3,9 @@
 //   ids = tokenizer.encode(text file, no special tokens); window w = ids[L*w, L*(w+1)) (a last partial window
 //   is dropped); each window is prefilled on its own (fresh KV cache, no compression) with the logits of every
 //   position; NLL of tokens 1..L-1 given the tokens before them; perplexity = exp(total NLL / scored tokens).
-// Usage: simcalkv-perplexity [--model DIR] [--text FILE] [--window L] [--windows N|all] [--threads T] [--expect P]
-//   --expect P: exit 1 unless |ppl - P| / P <= 2%.
+// Usage: simcalkv-perplexity [--model_name DIR] [--text FILE] [--window L] [--windows N|all] [--threads T]
+//                            [--expect P]   (--expect P: exit 1 unless |ppl - P| / P <= 2%; --help lists all)
+#include "flags.hpp"
 #include "openmp_wait.hpp"
 #include "session.hpp"
 #include "tokenizer.hpp"
@@ -32,34 +33,34 @@ int main(int argc, char** argv) {
   int L = 2048;
   long long max_windows = 2;
   double expect = 0.0;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto need = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::cerr << "simcalkv-perplexity: " << a << " needs a value\n";
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    if (a == "--model") model_dir = need();
-    else if (a == "--text") text_path = need();
-    else if (a == "--window") L = std::stoi(need());
-    else if (a == "--windows") {
-      const std::string v = need();
-      max_windows = v == "all" ? -1 : std::stoll(v);
-    } else if (a == "--threads") (void)need();  // the engine's matmuls use Eigen's threads (OMP_NUM_THREADS)
-    else if (a == "--expect") expect = std::stod(need());
-    else if (a == "-h" || a == "--help") {
-      std::cout << "usage: simcalkv-perplexity [--model DIR] [--text FILE] [--window L] [--windows N|all] "
-                   "[--expect PPL]\n";
-      return 0;
-    } else {
-      std::cerr << "simcalkv-perplexity: unknown argument " << a << "\n";
-      return 2;
-    }
-  }
+  int threads = 0;
+  namespace t = simcalkv::tools;
+  t::Flags flags("simcalkv-perplexity", "[options]",
+                 "Held-out perplexity of a checkpoint in the reference engine, as tools/train/train_model.py defines "
+                 "it: the text is cut into windows of --window tokens, each prefilled alone with a fresh full cache; "
+                 "perplexity = exp(mean NLL of tokens 1..L-1 of every window). Prints one JSON line.");
+  flags.text("model_name", &model_dir, "DIR", "checkpoint folder").alias("model").shown_default("models/simcalkv-tiny");
+  flags.text("text", &text_path, "FILE", "held-out text").shown_default("data/corpus/heldout_eval.txt");
+  flags.number("window", &L, t::closed(2, 1 << 20), "L", "tokens per window");
+  flags.custom("windows", "N|all", "windows scored (from the start of the text)", "2", [&](const std::string& v) {
+    max_windows = v == "all" ? -1 : t::parse_number<long long>("--windows", v, t::at_least(1));
+  });
+  flags.number("threads", &threads, t::closed(0, 4096), "T", "OpenMP and Eigen threads; 0 keeps the default");
+  flags.number("expect", &expect, t::above(0), "PPL", "exit 1 unless the perplexity is within 2% of PPL")
+      .shown_default("no check");
   try {
-    if (L < 2) throw std::runtime_error("--window must be at least 2");
+    if (!flags.parse(argc, argv)) {
+      std::cout << flags.help();
+      return 0;
+    }
+  } catch (const t::UsageError& e) {
+    return flags.report(e);
+  }
+#ifdef _OPENMP
+  if (threads > 0) omp_set_num_threads(threads);
+#endif
+  if (threads > 0) Eigen::setNbThreads(threads);
+  try {
     const auto model = engine::Model::load(model_dir);
     const auto tok = engine::Tokenizer::load(std::filesystem::path(model_dir) / "tokenizer.json");
     std::ifstream in(text_path, std::ios::binary);
