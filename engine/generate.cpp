@@ -173,6 +173,18 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
     compress_s = seconds_since(t0);
     compression = {{"policy", policy.spec()},      {"entries_before", st.entries_before},
                    {"entries_after", st.entries_after}, {"merged", st.merged}, {"evicted", st.evicted}};
+    // A short prompt: the ratio's budget fell below the protected entries, which the policy then kept (stages.hpp).
+    const std::size_t heads = static_cast<std::size_t>(model.config.num_layers) * model.config.num_kv_heads;
+    const std::size_t asked = heads * simcalkv::Budget::compress_ratio(a.compress_ratio).for_length(ids.size());
+    if (st.entries_after > asked) {
+      const std::string note = "the " + std::to_string(ids.size()) + "-token prompt kept " +
+                               std::to_string(st.entries_after / heads) + " entries per KV head, not " +
+                               std::to_string(asked / heads) + ": " + std::string(policy.name()) +
+                               " protects its sinks and recent entries (the last --window queries' tokens); a smaller "
+                               "--window lets it compress further";
+      std::fprintf(stderr, "simcalkv-generate: note: %s\n", note.c_str());
+      compression["note"] = note;
+    }
     if (a.decode_compress) {
       simcalkv::DecodeOptions dopt;
       dopt.budget = simcalkv::Budget::entries(simcalkv::Budget::compress_ratio(a.compress_ratio).for_length(ids.size()));

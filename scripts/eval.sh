@@ -14,4 +14,8 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCALKV_BUILD_BENCHMARKS=OF
   { cat "$build/configure.log"; echo "configuration failed (log: $build/configure.log)" >&2; exit 1; }
 grep "^-- simcalkv" "$build/configure.log"
 cmake --build "$build" -j"$(nproc)" --target simcalkv_eval
-"$build/tools/simcalkv-eval" --output_dir "$build/eval-results" "$@"
+default_output=(--output_dir "$build/eval-results")
+for arg in "$@"; do
+  case "$arg" in --output_dir | --output-dir | --output_dir=* | --output-dir=*) default_output=() ;; esac
+done
+"$build/tools/simcalkv-eval" "${default_output[@]}" "$@"

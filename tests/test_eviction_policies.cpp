@@ -587,3 +587,38 @@ TEST_CASE("eviction policies in the registry: names, options and errors", "[evic
   CHECK_THROWS_WITH(make_policy("SnapKV:pooling=median"), Catch::Contains("not one of: none, max, avg"));
   CHECK_THROWS_WITH(make_policy("H2O:recent=-2"), Catch::Contains("outside"));
 }
+
+TEST_CASE("a short prompt compresses as far as its protection allows under a fractional budget", "[eviction][budget]") {
+  // 75 entries, a 32-query window: 4 sinks + 32 recent = 36 protected; compress_ratio 0.75 asks for 19.
+  const std::size_t n = 75;
+  for (const auto& name : policy_names()) {
+    if (name == "Full") continue;
+    INFO(name);
+    Layer<float> layer(2, 16, n);
+    layer.fill_random(n, 11);
+    Window window(4, 32, 16, n, 12);
+    Workspace ws;
+    const AnyPolicy policy = make_policy(name);
+    const auto stats = policy.compress(request_for(layer, window.view, Budget::compress_ratio(0.75)), ws);
+    for (const auto& head : layer.views) {
+      CHECK(head.length < n);    // compressed ...
+      CHECK(head.length >= 19);  // ... but never below what was asked
+      CHECK(head.length <= 36);  // ... and no further than the protection needs
+      CHECK(head.positions[0] == 0);
+      CHECK(head.positions[head.length - 1] == static_cast<Position>(n - 1));
+    }
+    CHECK(stats.entries_after < stats.entries_before);
+  }
+  // An explicit entry count below the protected entries is still refused, and the cache is unchanged.
+  Layer<float> layer(1, 16, n);
+  layer.fill_random(n, 13);
+  Window window(1, 32, 16, n, 14);
+  Workspace ws;
+  const testing::Snapshot<float> snap(layer);
+  CHECK_THROWS_WITH(SnapKV().compress(request_for(layer, window.view, Budget::entries(19)), ws),
+                    Catch::Contains("below the 36 protected entries"));
+  CHECK(snap.same_as(layer));
+  // With a fractional budget SnapKV keeps exactly the protection: 4 sinks and the 32 most recent.
+  SnapKV().compress(request_for(layer, window.view, Budget::compress_ratio(0.75)), ws);
+  CHECK(layer.views[0].length == 36);
+}

@@ -232,9 +232,20 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
 template <class Derived>
 class StagedPolicy {
  public:
+  /// A fractional budget (Budget::compress_ratio, keep_fraction) that falls below the protected
+  /// entries -- a short prompt -- is raised to them, as the CUDA policies and kvpress's window
+  /// presses do, so a short prompt is compressed as far as its protection allows instead of
+  /// refused; the kept count in the plan says how far that was. An explicit Budget::entries below
+  /// the protected entries is still an error (the caller asked for something exact).
   template <StorageElement T>
   LayerPlan plan(const LayerRequest<T>& request, Workspace& workspace) const {
-    return self().plan_with_budgets(request, workspace, uniform_head_budgets(request));
+    std::vector<std::size_t> budgets = uniform_head_budgets(request);
+    if (request.budget.kind() != BudgetKind::entries) {
+      const Protection protection = stage::protection(self(), request.window);
+      for (std::size_t h = 0; h < budgets.size(); ++h)
+        budgets[h] = std::max(budgets[h], protection.count(request.heads[h].length));
+    }
+    return self().plan_with_budgets(request, workspace, budgets);
   }
   /// `base` are the per-head budgets before the policy's own schedule or reallocation.
   template <StorageElement T>
