@@ -1,6 +1,7 @@
 # The header layers of include/simcalkv (docs/design.md), checked on every test run:
 #  - the core (everything but io/ and cuda/) includes no nlohmann-json, no mmap and nothing of io/;
 #  - kernels/ includes no policy header (policy.hpp, stages.hpp, policies/);
+#  - core.hpp (the light umbrella) does not include the registry;
 #  - a policy includes another policy only where it runs that policy's stages (PyramidKV: SnapKV).
 # Usage: cmake -DROOT=<include/simcalkv> -P check_header_layers.cmake
 file(GLOB_RECURSE headers RELATIVE ${ROOT} ${ROOT}/*.hpp)
@@ -13,6 +14,9 @@ foreach(h IN LISTS headers)
   foreach(line IN LISTS includes)
     if(line MATCHES "nlohmann|sys/mman.h|simcalkv/io/")
       string(APPEND problems "  ${h}: the core must not need io's dependencies: ${line}\n")
+    endif()
+    if(h STREQUAL "core.hpp" AND line MATCHES "simcalkv/registry\\.hpp")
+      string(APPEND problems "  core.hpp: the light umbrella must not pull in the registry (every policy): ${line}\n")
     endif()
     if(h MATCHES "^kernels/" AND line MATCHES "simcalkv/(policy|stages)\\.hpp|simcalkv/policies/")
       string(APPEND problems "  ${h}: a kernel must not include policy code: ${line}\n")
