@@ -289,6 +289,8 @@ int main(int argc, char** argv) {
     }
     const auto model = engine::Model::load(a.model);
     const auto tok = engine::Tokenizer::load(std::filesystem::path(a.model) / "tokenizer.json");
+    tok.check_fits(model.config, a.model);
+    for (const auto& w : model.warnings) std::fprintf(stderr, "simcalkv-generate: note: %s\n", w.c_str());
     for (const auto& w : tok.warnings()) std::fprintf(stderr, "simcalkv-generate: note: %s\n", w.c_str());
     const auto out = a.kv_dtype == "bf16" ? run<simcalkv::bfloat16>(a, model, tok, text) : run<float>(a, model, tok, text);
     if (a.json) std::printf("%s\n", out.dump().c_str());

@@ -6,11 +6,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <set>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -70,6 +73,7 @@ struct ModelConfig {
   bool o_bias = false;    // llama's attention_bias
   bool mlp_bias = false;  // llama's mlp_bias
   long long sliding_window = 0;  // mistral / qwen2 (informational: the engine attends over the whole cache)
+  long long max_position_embeddings = 0;  // 0: not given
   std::vector<int> eos_token_ids;
   int bos_token_id = -1;
 
@@ -139,17 +143,29 @@ inline ModelConfig parse_config(const nlohmann::json& j, const std::string& file
     c.qkv_bias = c.o_bias = get_bool(j, "attention_bias", false, file);
     c.mlp_bias = get_bool(j, "mlp_bias", false, file);
   }
-  if (const auto* sw = find(j, "sliding_window"); sw && sw->is_number_integer()) {
+  if (const auto* sw = find(j, "sliding_window")) {
+    if (!sw->is_number_integer() || sw->get<long long>() <= 0)
+      fail(file, ": 'sliding_window' must be a positive integer or null, got ", sw->dump());
     const bool used = c.model_type == "mistral" || get_bool(j, "use_sliding_window", false, file);
     if (used) c.sliding_window = sw->get<long long>();
   }
+  if (find(j, "max_position_embeddings")) c.max_position_embeddings = get_positive_int(j, "max_position_embeddings", file);
+  // Token ids must name a row of the vocabulary: a string, a fraction, a negative or an id past the end would
+  // otherwise be ignored or truncated, and generation would never stop (or stop on the wrong token).
+  auto token_id = [&](const nlohmann::json& v, const std::string& what) {
+    if (!v.is_number_integer() || v.get<long long>() < 0 || v.get<long long>() >= c.vocab_size)
+      fail(file, ": '", what, "' must be a token id in [0, ", c.vocab_size, ") (vocab_size), got ", v.dump());
+    return static_cast<int>(v.get<long long>());
+  };
   if (const auto* e = find(j, "eos_token_id")) {
-    if (e->is_number_integer()) c.eos_token_ids.push_back(e->get<int>());
-    else if (e->is_array())
-      for (const auto& x : *e)
-        if (x.is_number_integer()) c.eos_token_ids.push_back(x.get<int>());
+    if (e->is_array()) {
+      for (std::size_t i = 0; i < e->size(); ++i)
+        c.eos_token_ids.push_back(token_id((*e)[i], "eos_token_id[" + std::to_string(i) + "]"));
+    } else {
+      c.eos_token_ids.push_back(token_id(*e, "eos_token_id"));
+    }
   }
-  if (const auto* b = find(j, "bos_token_id"); b && b->is_number_integer()) c.bos_token_id = b->get<int>();
+  if (const auto* b = find(j, "bos_token_id")) c.bos_token_id = token_id(*b, "bos_token_id");
 
   // RoPE: rope_theta at the top level, or inside rope_parameters (newer transformers); scaling in
   // rope_scaling (older) or rope_parameters.
@@ -250,6 +266,7 @@ class WeightStore {
         if (index_path_.empty()) fail(file.path(), ": missing tensor '", name, "'");
         fail(file.path(), ": missing tensor '", name, "' (listed for it in ", index_path_, ")");
       }
+      read_.insert(name);
       return file.read_as_float(name, shape);
     } catch (const simcalkv::Error& e) {
       throw EngineError(std::string(e.what()));
@@ -258,6 +275,21 @@ class WeightStore {
   bool contains(const std::string& name) {
     if (!index_path_.empty()) return where_.count(name) != 0;
     return file_of(name).contains(name);
+  }
+  /// The tensors read so far.
+  [[nodiscard]] const std::set<std::string>& read_names() const { return read_; }
+  /// Every tensor of the checkpoint (all shards), sorted.
+  std::vector<std::string> names() {
+    std::vector<std::string> out;
+    if (!index_path_.empty()) {
+      for (const auto& [name, file] : where_) out.push_back(name);
+      return out;
+    }
+    return file_of("").names();
+  }
+  /// Where the tensors are listed: the index or the one file.
+  [[nodiscard]] std::string source() const {
+    return index_path_.empty() ? (dir_ / "model.safetensors").string() : index_path_;
   }
 
  private:
@@ -285,6 +317,7 @@ class WeightStore {
   std::string index_path_;
   std::map<std::string, std::string> where_;
   std::map<std::string, std::unique_ptr<simcalkv::io::SafetensorsFile>> open_;
+  std::set<std::string> read_;
 };
 
 inline Linear read_linear(WeightStore& ws, const std::string& prefix, int out, int in, bool bias) {
@@ -296,8 +329,48 @@ inline Linear read_linear(WeightStore& ws, const std::string& prefix, int out, i
   return L;
 }
 
-inline ModelWeights load_weights(const std::filesystem::path& dir, const ModelConfig& c) {
+/// The layer number of a "model.layers.N.*" tensor, or -1.
+inline long long layer_of(const std::string& name) {
+  static const std::string prefix = "model.layers.";
+  if (name.compare(0, prefix.size(), prefix) != 0) return -1;
+  long long n = 0;
+  std::size_t i = prefix.size();
+  if (i >= name.size() || !std::isdigit(static_cast<unsigned char>(name[i]))) return -1;
+  for (; i < name.size() && std::isdigit(static_cast<unsigned char>(name[i])); ++i)
+    n = std::min<long long>(n * 10 + (name[i] - '0'), 1LL << 40);
+  return i < name.size() && name[i] == '.' ? n : -1;
+}
+
+/// Checks config.json's layer count against the checkpoint's tensors before anything is allocated for it: a
+/// smaller count would drop layers in silence, a larger one (2^30) would end in std::bad_alloc.
+inline void check_layer_count(WeightStore& ws, const ModelConfig& c, const std::filesystem::path& dir) {
+  long long highest = -1;
+  std::string example;
+  for (const auto& name : ws.names())
+    if (const long long l = layer_of(name); l > highest) highest = l, example = name;
+  const long long found = highest + 1;
+  if (found != c.num_layers)
+    fail((dir / "config.json").string(), ": num_hidden_layers is ", c.num_layers, " but ", ws.source(), " holds ",
+         found == 0 ? std::string("no layer tensors") : "layers 0.." + std::to_string(highest) + " (" + example + ")",
+         found > c.num_layers ? "; loading would drop layers" : "");
+}
+
+/// Tensors the architecture does not read (a checkpoint of another layout, or a config that turns a part off):
+/// reported, not fatal -- transformers also loads such checkpoints, with a warning.
+inline std::vector<std::string> unused_tensors(WeightStore& ws, const std::set<std::string>& used) {
+  std::vector<std::string> out;
+  for (const auto& name : ws.names()) {
+    if (used.count(name)) continue;
+    if (name.ends_with("rotary_emb.inv_freq")) continue;  // derived from the config, as transformers does
+    out.push_back(name);
+  }
+  return out;
+}
+
+inline ModelWeights load_weights(const std::filesystem::path& dir, const ModelConfig& c,
+                                 std::vector<std::string>* warnings = nullptr) {
   WeightStore ws(dir);
+  check_layer_count(ws, c, dir);
   ModelWeights m;
   const int H = c.hidden_size, D = c.head_dim, I = c.intermediate_size;
   m.embed = ws.read("model.embed_tokens.weight", {c.vocab_size, H});
@@ -321,6 +394,17 @@ inline ModelWeights load_weights(const std::filesystem::path& dir, const ModelCo
   } else {
     m.lm_head.rows = c.vocab_size;
     m.lm_head.cols = H;
+  }
+  if (warnings) {
+    const auto unused = unused_tensors(ws, ws.read_names());
+    if (!unused.empty()) {
+      std::string list;
+      for (std::size_t k = 0; k < unused.size() && k < 5; ++k) list += (k ? ", " : "") + unused[k];
+      if (unused.size() > 5) list += ", ...";
+      warnings->push_back(ws.source() + ": " + std::to_string(unused.size()) + " tensor" +
+                          (unused.size() == 1 ? "" : "s") + " the " + c.model_type +
+                          " architecture does not use, ignored: " + list);
+    }
   }
   return m;
 }
@@ -359,12 +443,13 @@ struct Model {
   ModelConfig config;
   ModelWeights weights;
   std::vector<double> inv_freq;
+  std::vector<std::string> warnings;  // what loading accepted but a user should know (unused tensors)
 
   static Model load(const std::filesystem::path& dir) {
     if (!std::filesystem::is_directory(dir)) fail(dir.string(), ": not a folder");
     Model m;
     m.config = load_config(dir);
-    m.weights = load_weights(dir, m.config);
+    m.weights = load_weights(dir, m.config, &m.warnings);
     m.inv_freq = rope_inv_freq(m.config);
     return m;
   }

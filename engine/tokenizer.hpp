@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <limits>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -277,6 +278,12 @@ class Tokenizer {
   }
 
   [[nodiscard]] std::size_t vocab_size() const { return id_to_token_.size(); }
+  /// Refuses a tokenizer whose ids reach past the model's embedding rows (a tokenizer of another model).
+  void check_fits(const ModelConfig& config, const std::string& model_dir) const {
+    if (id_to_token_.size() > static_cast<std::size_t>(config.vocab_size))
+      fail(file_, ": token ids reach ", id_to_token_.size() - 1, ", past the vocab_size ", config.vocab_size, " of ",
+           model_dir, "/config.json: the tokenizer belongs to another model");
+  }
   [[nodiscard]] int token_id(const std::string& token) const {
     auto it = vocab_.find(token);
     if (it != vocab_.end()) return it->second;
@@ -314,12 +321,25 @@ class Tokenizer {
     if (type != "BPE") fail(file_, ": unsupported tokenizer model type '", type, "' (only BPE)");
     const auto vit = model.find("vocab");
     if (vit == model.end() || !vit->is_object()) fail(file_, ": missing model.vocab");
+    // Ids index a table of every token, so they must be dense: [0, entries) for the vocabulary and its added
+    // tokens together. A stray id (2^31 - 1, 10^8) would otherwise size that table, or overflow it.
+    std::size_t added_count = 0;
+    if (j.contains("added_tokens") && !j["added_tokens"].is_null()) {
+      if (!j["added_tokens"].is_array()) fail(file_, ": 'added_tokens' must be an array, got ", j["added_tokens"].dump());
+      added_count = j["added_tokens"].size();
+    }
+    const long long id_limit = static_cast<long long>(vit->size() + added_count);
     int max_id = -1;
+    std::map<int, std::string> owner;  // id -> vocabulary token, to refuse two tokens with one id
     for (const auto& [tok, id] : vit->items()) {
-      if (!id.is_number_integer() || id.get<long long>() < 0 || id.get<long long>() > 100000000)
-        fail(file_, ": model.vocab['", tok, "'] is not a valid id");
-      vocab_[tok] = id.get<int>();
-      max_id = std::max(max_id, id.get<int>());
+      if (!id.is_number_integer() || id.get<long long>() < 0 || id.get<long long>() >= id_limit)
+        fail(file_, ": model.vocab['", tok, "'] = ", id.dump(), " is not a token id in [0, ", id_limit,
+             ") (the vocabulary's ", vit->size(), " entries and ", added_count, " added tokens)");
+      const int v = static_cast<int>(id.get<long long>());
+      if (const auto [it, fresh] = owner.emplace(v, tok); !fresh)
+        fail(file_, ": model.vocab gives id ", v, " to both '", it->second, "' and '", tok, "'");
+      vocab_[tok] = v;
+      max_id = std::max(max_id, v);
     }
     if (model.contains("continuing_subword_prefix") && !model["continuing_subword_prefix"].is_null())
       fail(file_, ": continuing_subword_prefix is not supported");
@@ -354,14 +374,25 @@ class Tokenizer {
       merges_.emplace(key(ia->second, ib->second), std::make_pair(rank, iab->second));
       ++rank;
     }
-    if (j.contains("added_tokens") && j["added_tokens"].is_array()) {
+    if (added_count > 0) {
+      std::map<int, std::string> added_owner;
       for (const auto& a : j["added_tokens"]) {
         if (!a.is_object() || !a.contains("id") || !a.contains("content") || !a["id"].is_number_integer() ||
             !a["content"].is_string())
           fail(file_, ": malformed added token ", a.dump());
-        Added t{a["id"].get<int>(), a["content"].get<std::string>(), a.value("special", false),
+        const long long raw_id = a["id"].get<long long>();
+        if (raw_id < 0 || raw_id >= id_limit)
+          fail(file_, ": added token ", a["content"].dump(), " has id ", raw_id, ", not a token id in [0, ", id_limit,
+               ")");
+        Added t{static_cast<int>(raw_id), a["content"].get<std::string>(), a.value("special", false),
                 a.value("lstrip", false), a.value("rstrip", false)};
-        if (t.id < 0 || t.content.empty()) fail(file_, ": malformed added token ", a.dump());
+        if (t.content.empty()) fail(file_, ": malformed added token ", a.dump());
+        // An added token may restate a vocabulary entry (same id, same text), not take another token's id.
+        if (const auto it = owner.find(t.id); it != owner.end() && it->second != t.content)
+          fail(file_, ": added token ", a["content"].dump(), " takes id ", t.id, " of the vocabulary's '", it->second,
+               "'");
+        if (const auto [it, fresh] = added_owner.emplace(t.id, t.content); !fresh)
+          fail(file_, ": added tokens '", it->second, "' and '", t.content, "' share id ", t.id);
         if (t.special) special_ids_[t.id] = true;
         max_id = std::max(max_id, t.id);
         added_.push_back(std::move(t));
@@ -427,22 +458,42 @@ class Tokenizer {
   }
 
   void parse_post(const nlohmann::json& p) {
-    const std::string t = p.value("type", std::string());
+    if (!p.is_object() || !p.contains("type") || !p["type"].is_string())
+      fail(file_, ": post_processor must be an object with a 'type' string, got ", p.dump());
+    const std::string t = p["type"].get<std::string>();
     if (t == "Sequence") {
-      for (const auto& q : p.at("processors")) parse_post(q);
+      if (!p.contains("processors") || !p["processors"].is_array())
+        fail(file_, ": post_processor Sequence needs a 'processors' array");
+      for (const auto& q : p["processors"]) parse_post(q);
     } else if (t == "TemplateProcessing") {
+      if (!p.contains("single") || !p["single"].is_array())
+        fail(file_, ": post_processor TemplateProcessing needs a 'single' array, got ",
+             p.contains("single") ? p["single"].dump() : std::string("none"));
       bool seen_a = false;
-      for (const auto& item : p.at("single")) {
-        if (item.contains("Sequence")) {
+      for (const auto& item : p["single"]) {
+        if (item.is_object() && item.contains("Sequence")) {
           seen_a = true;
-        } else if (item.contains("SpecialToken")) {
-          const std::string name = item["SpecialToken"].at("id").get<std::string>();
+        } else if (item.is_object() && item.contains("SpecialToken") && item["SpecialToken"].is_object() &&
+                   item["SpecialToken"].contains("id") && item["SpecialToken"]["id"].is_string()) {
+          const std::string name = item["SpecialToken"]["id"].get<std::string>();
           std::vector<int> ids;
-          if (p.contains("special_tokens") && p["special_tokens"].contains(name))
-            for (const auto& x : p["special_tokens"][name].at("ids")) ids.push_back(x.get<int>());
-          else if (token_id(name) >= 0) ids.push_back(token_id(name));
-          else fail(file_, ": post_processor names an unknown special token '", name, "'");
+          if (p.contains("special_tokens") && p["special_tokens"].is_object() && p["special_tokens"].contains(name)) {
+            for (const auto& x : p["special_tokens"][name].at("ids")) {
+              if (!x.is_number_integer() || x.get<long long>() < 0 ||
+                  x.get<long long>() >= static_cast<long long>(id_to_token_.size()))
+                fail(file_, ": post_processor special token '", name, "' has id ", x.dump(), ", not a token id in [0, ",
+                     id_to_token_.size(), ")");
+              ids.push_back(static_cast<int>(x.get<long long>()));
+            }
+          } else if (token_id(name) >= 0) {
+            ids.push_back(token_id(name));
+          } else {
+            fail(file_, ": post_processor names an unknown special token '", name, "'");
+          }
           (seen_a ? suffix_ : prefix_).insert((seen_a ? suffix_ : prefix_).end(), ids.begin(), ids.end());
+        } else {
+          fail(file_, ": post_processor TemplateProcessing item is neither {\"Sequence\": ...} nor "
+                      "{\"SpecialToken\": {\"id\": ...}}: ", item.dump());
         }
       }
     } else if (t != "ByteLevel") {

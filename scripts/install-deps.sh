@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages simcalkv builds with, when any is missing.
-# --cross: also the AArch64 cross compiler and qemu-user, for scripts/isa_check.sh.
+# --cross: also the AArch64 cross compiler and qemu-user, for scripts/isa_check.sh; --fuzz: clang and libFuzzer.
 set -euo pipefail
 packages=(build-essential cmake pkg-config libeigen3-dev libxsimd-dev catch2 libbenchmark-dev
           nlohmann-json3-dev libomp-dev python3-matplotlib libpcre2-dev binutils)
-if [ "${1:-}" = "--cross" ]; then
-  packages+=(g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user)
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --cross) packages+=(g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user) ;;
+    --fuzz) packages+=(clang libclang-rt-14-dev) ;;  # libFuzzer, for scripts/fuzz.sh
+    *) echo "install-deps.sh: unknown option '$arg' (--cross, --fuzz)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -333,6 +333,11 @@ TEST_CASE("safetensors: corrupt files are rejected with the path and the problem
     CHECK_THAT(open_error(tmp, "json.safetensors", raw_file(R"({"x":{"dtype":"F32",)", x4)),
                Contains("json.safetensors") && Contains("bad JSON header"));
   }
+  SECTION("a NUL byte inside the header (the format pads with spaces)") {
+    const std::string header = "{" + ok_entry + std::string("}\0GARBAGE", 9);
+    CHECK_THAT(open_error(tmp, "nul.safetensors", raw_file(header, x4)),
+               Contains("nul.safetensors") && Contains("NUL byte at offset 62"));
+  }
   SECTION("header not an object") {
     CHECK_THAT(open_error(tmp, "array.safetensors", raw_file("[1,2]", "")),
                Contains("array.safetensors") && Contains("expected an object"));

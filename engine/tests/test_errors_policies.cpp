@@ -79,6 +79,51 @@ std::string load_error(const fs::path& dir) {
 
 }  // namespace
 
+TEST_CASE("config.json: token ids, windows and the layer count are checked against the checkpoint",
+          "[engine][errors]") {
+  auto with_config = [](const std::string& tag, const std::function<void(nlohmann::json&)>& edit) {
+    return load_error(broken_copy(tag, {}, edit));
+  };
+  const int layers = engine::read_json_file(kFixtures / "llama" / "config.json")["num_hidden_layers"].get<int>();
+  const int vocab = engine::read_json_file(kFixtures / "llama" / "config.json")["vocab_size"].get<int>();
+  CHECK(with_config("cfg_ok", {}) == "no error");
+  for (const auto& bad : {nlohmann::json(-1), nlohmann::json("2"), nlohmann::json(1.5), nlohmann::json(1LL << 40),
+                          nlohmann::json(vocab)}) {
+    const auto msg = with_config("cfg_eos", [&](auto& j) { j["eos_token_id"] = bad; });
+    INFO(msg);
+    CHECK_THAT(msg, Catch::Contains("config.json") && Catch::Contains("'eos_token_id' must be a token id in [0, " +
+                                                                       std::to_string(vocab) + ")"));
+  }
+  CHECK_THAT(with_config("cfg_eos_list", [&](auto& j) { j["eos_token_id"] = {1, "x"}; }),
+             Catch::Contains("'eos_token_id[1]' must be a token id"));
+  CHECK_THAT(with_config("cfg_bos", [&](auto& j) { j["bos_token_id"] = -3; }),
+             Catch::Contains("'bos_token_id' must be a token id"));
+  CHECK_THAT(with_config("cfg_sw", [&](auto& j) { j["sliding_window"] = -4; }),
+             Catch::Contains("'sliding_window' must be a positive integer or null, got -4"));
+  CHECK(with_config("cfg_sw_null", [&](auto& j) { j["sliding_window"] = nullptr; }) == "no error");
+  CHECK_THAT(with_config("cfg_maxpos", [&](auto& j) { j["max_position_embeddings"] = -1; }),
+             Catch::Contains("'max_position_embeddings' must be a positive integer"));
+  // Fewer layers than the checkpoint holds would drop the rest in silence; 2^30 would exhaust memory.
+  const auto fewer = with_config("cfg_fewer", [&](auto& j) { j["num_hidden_layers"] = layers - 1; });
+  INFO(fewer);
+  CHECK_THAT(fewer, Catch::Contains("num_hidden_layers is " + std::to_string(layers - 1)) &&
+                        Catch::Contains("holds layers 0.." + std::to_string(layers - 1)) &&
+                        Catch::Contains("would drop layers"));
+  CHECK_THAT(with_config("cfg_huge", [&](auto& j) { j["num_hidden_layers"] = 1 << 30; }),
+             Catch::Contains("num_hidden_layers is 1073741824 but"));
+  // A tensor the architecture does not read is reported (not fatal, as in transformers).
+  const auto dir = broken_copy("extra_tensor", [](auto& t) {
+    RawTensor extra = t.front();
+    extra.name = "model.vision_tower.weight";
+    t.push_back(extra);
+  });
+  const auto model = engine::Model::load(dir);
+  REQUIRE(model.warnings.size() == 1);
+  CHECK_THAT(model.warnings[0], Catch::Contains("1 tensor the llama architecture does not use, ignored: "
+                                                "model.vision_tower.weight"));
+  CHECK(engine::Model::load(kFixtures / "llama").warnings.empty());
+}
+
 TEST_CASE("malformed checkpoints end in a clear message naming the file", "[engine][errors]") {
   const std::string q = "model.layers.0.self_attn.q_proj.weight";
   {

@@ -15,7 +15,11 @@ class Budget {
  public:
   using Kind = BudgetKind;  // options.hpp
 
-  static Budget entries(std::size_t count) { return Budget(Kind::entries, static_cast<double>(count)); }
+  static Budget entries(std::size_t count) {
+    Budget b(Kind::entries, static_cast<double>(count));
+    b.count_ = count;  // exact: a double loses counts above 2^53 (SIZE_MAX - 4 would read back as 0)
+    return b;
+  }
   static Budget keep_fraction(double fraction) {
     detail::require(std::isfinite(fraction) && fraction > 0.0 && fraction <= 1.0, ErrorCode::budget_out_of_range,
                     "keep fraction must be in (0, 1], got ", fraction);
@@ -29,15 +33,17 @@ class Budget {
 
   [[nodiscard]] Kind kind() const noexcept { return kind_; }
   [[nodiscard]] double value() const noexcept { return value_; }
+  /// The exact entry count of a Budget::entries (0 for the fractional kinds).
+  [[nodiscard]] std::size_t count() const noexcept { return count_; }
 
   /// Entries to keep out of n. An absolute budget above n is an error: the caller asked for
   /// something the head cannot hold.
   [[nodiscard]] std::size_t for_length(std::size_t n) const {
     switch (kind_) {
       case Kind::entries:
-        detail::require(value_ <= static_cast<double>(n), ErrorCode::budget_out_of_range, "budget ",
-                        static_cast<std::size_t>(value_), " exceeds the head's length ", n);
-        return static_cast<std::size_t>(value_);
+        detail::require(count_ <= n, ErrorCode::budget_out_of_range, "budget ", count_,
+                        " exceeds the head's length ", n);
+        return count_;
       case Kind::keep_fraction:
         return static_cast<std::size_t>(std::llround(value_ * static_cast<double>(n)));
       case Kind::compress_ratio:
@@ -55,6 +61,7 @@ class Budget {
   Budget(Kind kind, double value) : kind_(kind), value_(value) {}
   Kind kind_;
   double value_;
+  std::size_t count_ = 0;  // Kind::entries
 };
 
 }  // namespace simcalkv

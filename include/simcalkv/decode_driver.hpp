@@ -100,7 +100,7 @@ class DecodeDriver {
     detail::require(!lengths.empty(), ErrorCode::invalid_argument, "DecodeDriver: layer ", layer, " has no KV heads");
     if (!L.budget_fixed) {
       const std::size_t longest = *std::max_element(lengths.begin(), lengths.end());
-      L.budget = options_.budget.kind() == Budget::Kind::entries ? static_cast<std::size_t>(options_.budget.value())
+      L.budget = options_.budget.kind() == Budget::Kind::entries ? options_.budget.count()
                                                                   : options_.budget.for_length(longest);
       L.budget_fixed = true;
     }
@@ -239,7 +239,7 @@ class DecodeDriver {
     require(!lengths.empty(), ErrorCode::invalid_argument, "DecodeDriver: layer ", layer, " has no KV heads");
     const std::size_t longest = *std::max_element(lengths.begin(), lengths.end());
     if (!L.budget_fixed) {
-      L.budget = options_.budget.kind() == Budget::Kind::entries ? static_cast<std::size_t>(options_.budget.value())
+      L.budget = options_.budget.kind() == Budget::Kind::entries ? options_.budget.count()
                                                                   : options_.budget.for_length(longest);
       L.budget_fixed = true;
     }

@@ -158,6 +158,17 @@ void validate_request(const LayerRequest<T>& request, const std::string& who, st
             " sinks + ", protection.recent, " recent)");
   }
   validate_window(request.window, d, request.heads.size());
+  validate_distinct_buffers(std::span<const HeadView<T>>(request.heads.data(), request.heads.size()), who);
+  // The window's queries come after (or among) the cached tokens: a window wholly before the cache is
+  // another sequence's, and its scores would be meaningless.
+  if (request.window.num_tokens > 0) {
+    const Position last = request.window.positions[request.window.num_tokens - 1];
+    for (std::size_t h = 0; h < request.heads.size(); ++h)
+      if (request.heads[h].length > 0)
+        require(last >= request.heads[h].positions[0], ErrorCode::invalid_argument, who, ": the window's last query "
+                "is at position ", last, ", before KV head ", h, "'s first entry (position ",
+                request.heads[h].positions[0], "): the window and the cache are not one sequence");
+  }
 }
 
 }  // namespace detail

@@ -78,6 +78,7 @@ struct Dataset {
   int max_new_tokens = 64;           // the dataset's answer length (--max_new_tokens overrides)
   std::size_t records = 0;           // records in the split file(s)
   std::vector<Sample> samples;
+  std::vector<std::string> warnings;  // accepted, but worth telling (repeated ids)
 };
 
 struct DatasetOptions {
@@ -352,9 +353,9 @@ struct Context {
     if (!j.contains(key) || j[key].is_null()) missing(key, "string");
     const auto& v = j[key];
     std::string s;
+    // Text fields are strings: a number here ("prompt": 12345) is a broken export, not a prompt.
     if (v.is_string()) s = v.get<std::string>();
-    else if (v.is_number_integer()) s = std::to_string(v.get<long long>());
-    else bad("field '" + std::string(key) + "' must be a string, got " + std::string(v.type_name()));
+    else bad("field '" + std::string(key) + "' must be a string, got " + std::string(v.type_name()) + " " + v.dump());
     if (!allow_empty && s.empty()) bad("field '" + std::string(key) + "' is empty");
     return s;
   }
@@ -639,6 +640,13 @@ inline void load_records(Dataset& ds, const std::vector<std::filesystem::path>& 
       configured = true;
     }
     const auto r = split.range(p, f.lines.size());
+    // Every line is JSON, also outside the selected slice: a file broken past test[:5] is found now, not on the
+    // run that reaches it. (Fields are checked for the selected records only.)
+    for (std::size_t i = 0; i < f.lines.size(); ++i) {
+      if (i >= r.first && i < r.last) continue;
+      const auto& line = f.lines[i];
+      if (line[line.find_first_not_of(" \t")] != '{' || !nlohmann::json::accept(line)) (void)parse_record(f, i);
+    }
     for (std::size_t i = r.first; i < r.last; ++i) {
       const Record rec = parse_record(f, i);
       Context c{&f, &rec, ds.format, hint};
@@ -650,6 +658,10 @@ inline void load_records(Dataset& ds, const std::vector<std::filesystem::path>& 
       }
       Sample s = make_sample(ds, c, opt);
       if (!seen_ids.insert(s.id).second) {  // a repeated id gets its position: ids stay unique in the CSV
+        if (ds.warnings.empty())
+          ds.warnings.push_back(f.path + ":" + std::to_string(rec.line) + ": id '" + s.id +
+                                "' repeats an earlier record's; the CSV calls it '" + s.id + "#" +
+                                std::to_string(ds.samples.size()) + "' (further repeats are renamed alike)");
         const std::string suffix = std::to_string(ds.samples.size());
         s.id.push_back('#');
         s.id.append(suffix);

@@ -104,16 +104,6 @@ std::vector<std::string> expand_methods(const std::vector<std::string>& given) {
   return unique;
 }
 
-long long max_position_embeddings(const fs::path& model_dir) {
-  try {
-    const auto j = engine::read_json_file(model_dir / "config.json");
-    if (j.contains("max_position_embeddings") && j["max_position_embeddings"].is_number_integer())
-      return j["max_position_embeddings"].get<long long>();
-  } catch (const std::exception&) {
-  }
-  return 0;
-}
-
 struct Plan {
   Args args;
   Split split;
@@ -173,6 +163,10 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
         write_file_atomic(out_dir / json_name(ds, g), group_json(ds, g, info).dump(2) + "\n");
       }
   };
+
+  // Until the run ends, every file it writes says "interrupted": true, so a run killed (SIGKILL, a second
+  // Ctrl-C) between two samples leaves files that do not pass for a finished one.
+  info.interrupted = true;
 
   std::size_t total_samples = 0;
   for (const auto& ds : plan.datasets) total_samples += ds.samples.size();
@@ -311,6 +305,16 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
                  finished == 1 ? "" : "s");
     return 130;
   }
+  // A (dataset, method, ratio) with no successful row measured nothing: the run failed, whatever it wrote.
+  std::size_t failed_groups = 0;
+  for (const auto& g : groups)
+    if (!g.rows.empty() && std::all_of(g.rows.begin(), g.rows.end(), [](const Row& r) { return !r.error.empty(); }))
+      ++failed_groups;
+  if (failed_groups > 0) {
+    std::fprintf(stderr, "simcalkv-eval: error: %zu of %zu (dataset, method, ratio) runs failed on every sample (the "
+                 "warnings above say why); the files record the errors\n", failed_groups, groups.size());
+    return 1;
+  }
   return 0;
 }
 
@@ -360,11 +364,14 @@ int main(int argc, char** argv) {
     plan.datasets = resolve_datasets(a.dataset, plan.split, dopt);
     const auto model = engine::Model::load(a.model_name);
     const auto tok = engine::Tokenizer::load(fs::path(a.model_name) / "tokenizer.json");
+    tok.check_fits(model.config, a.model_name);
+    for (const auto& w : model.warnings) std::fprintf(stderr, "simcalkv-eval: note: %s\n", w.c_str());
     for (const auto& w : tok.warnings()) std::fprintf(stderr, "simcalkv-eval: note: %s\n", w.c_str());
-    plan.max_pos = max_position_embeddings(a.model_name);
+    plan.max_pos = model.config.max_position_embeddings;  // checked by the config parser; 0 when absent
     std::size_t samples = 0;
     for (const auto& ds : plan.datasets) {
       samples += ds.samples.size();
+      for (const auto& w : ds.warnings) std::fprintf(stderr, "simcalkv-eval: warning: %s\n", w.c_str());
       if (ds.samples.empty())
         std::fprintf(stderr, "simcalkv-eval: warning: --split %s selects no record of %s (%zu records)\n",
                      a.split.c_str(), ds.path.c_str(), ds.records);

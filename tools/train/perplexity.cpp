@@ -62,7 +62,9 @@ int main(int argc, char** argv) {
   if (threads > 0) Eigen::setNbThreads(threads);
   try {
     const auto model = engine::Model::load(model_dir);
+    for (const auto& w : model.warnings) std::cerr << "simcalkv-perplexity: note: " << w << "\n";
     const auto tok = engine::Tokenizer::load(std::filesystem::path(model_dir) / "tokenizer.json");
+    tok.check_fits(model.config, model_dir);
     std::ifstream in(text_path, std::ios::binary);
     if (!in) throw std::runtime_error(text_path + ": cannot open");
     std::stringstream buf;

@@ -324,6 +324,11 @@ class SafetensorsFile {
     const std::size_t data_start = 8 + static_cast<std::size_t>(header_len);
     const std::size_t data_size = size_ - data_start;
 
+    // nlohmann's parser stops at a NUL, so "...}\0GARBAGE" would pass; the format pads with spaces only.
+    if (const void* nul = std::memchr(text, 0, static_cast<std::size_t>(header_len))) {
+      corrupt("the header holds a NUL byte at offset ", 8 + (static_cast<const char*>(nul) - text),
+              " (the format pads its header with spaces only)");
+    }
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(text, text + header_len);
