@@ -174,6 +174,7 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   Progress progress(total_samples * units_per_sample, total_samples, a.progress);
   std::size_t units = 0, sample_no = 0, finished = 0;
   std::map<std::string, std::string> first_errors;  // group stem -> message
+  std::map<std::string, std::string> first_notes;   // group stem -> a compression held above its ratio
   std::vector<bool> started(plan.datasets.size(), false);
 
   for (std::size_t d = 0; d < plan.datasets.size() && !g_stop; ++d) {
@@ -236,6 +237,15 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
               row.metrics_after.push_back(
                   score_metric(name, answer_after, sample.references, sample.all_classes, ds.use_stemmer));
             row.agreement = agreement(after.gen.text, before.gen.text);
+            // A prompt shorter than the protection (sinks + --window) keeps more than the ratio asks: say so once.
+            const std::size_t heads = static_cast<std::size_t>(model.config.num_layers) * model.config.num_kv_heads;
+            const std::size_t asked =
+                heads * simcalkv::Budget::compress_ratio(a.compress_ratios[r]).for_length(before.prompt_tokens);
+            if (after.stats.entries_after > asked)
+              first_notes.emplace(group_stem(ds, group_of(d, m, r)),
+                                  "sample " + sample.id + " (" + std::to_string(before.prompt_tokens) + " tokens) kept " +
+                                      std::to_string(after.stats.entries_after / heads) + " entries per KV head, not " +
+                                      std::to_string(asked / heads));
           } else {
             first_errors.emplace(group_stem(ds, group_of(d, m, r)), after.error);
           }
@@ -257,6 +267,9 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   for (std::size_t d = 0; d < plan.datasets.size(); ++d)
     if (started[d]) write_dataset(d);  // an interrupted run writes no file for a dataset it never reached
 
+  for (const auto& [stem, msg] : first_notes)
+    std::fprintf(stderr, "simcalkv-eval: note: %s: %s: the policy protects its sinks and the last --window (%d) "
+                 "entries; a smaller --window compresses short prompts further\n", stem.c_str(), msg.c_str(), a.window);
   for (const auto& [stem, msg] : first_errors)
     std::fprintf(stderr, "simcalkv-eval: warning: compression failed for %s (those rows have an error and no answer): %s\n",
                  stem.c_str(), msg.c_str());

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -78,10 +79,12 @@ inline std::string number_text(double x) {
   return buf;
 }
 
+/// The ratio as the user wrote it: the shortest text that reads back as the same double (0.9999999 stays
+/// 0.9999999, where %g would print 1).
 inline std::string ratio_text(double r) {
   char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", r);
-  return buf;
+  const auto res = std::to_chars(buf, buf + sizeof buf, r);
+  return std::string(buf, res.ptr);
 }
 
 /// A method spec as a file-name part: letters, digits, '.', '_', '-', '+' and '=' kept, anything else '_'.
