@@ -8,6 +8,8 @@
 #include <simcalkv/policies/layer_scheduled.hpp>
 #include <simcalkv/policies/pyramidkv.hpp>
 #include <simcalkv/policies/h2o.hpp>
+#include <simcalkv/policies/keydiff.hpp>
+#include <simcalkv/policies/knorm.hpp>
 #include <simcalkv/policies/pyramid_infer.hpp>
 #include <simcalkv/policies/snapkv.hpp>
 #include <simcalkv/policies/streaming_llm.hpp>
@@ -621,4 +623,63 @@ TEST_CASE("a short prompt compresses as far as its protection allows under a fra
   // With a fractional budget SnapKV keeps exactly the protection: 4 sinks and the 32 most recent.
   SnapKV().compress(request_for(layer, window.view, Budget::compress_ratio(0.75)), ws);
   CHECK(layer.views[0].length == 36);
+}
+
+namespace {
+
+/// The kvpress rule with nothing protected: the top `budget` scores (ties to the earlier entry), ascending.
+std::vector<Position> naive_top(const std::vector<double>& score, std::size_t budget) {
+  std::vector<std::size_t> order(score.size());
+  for (std::size_t j = 0; j < order.size(); ++j) order[j] = j;
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return score[a] > score[b]; });
+  order.resize(budget);
+  std::sort(order.begin(), order.end());
+  return std::vector<Position>(order.begin(), order.end());
+}
+
+}  // namespace
+
+TEST_CASE("KNorm and KeyDiff keep what kvpress's KnormPress and KeyDiffPress keep (nothing protected)",
+          "[eviction][knorm][keydiff]") {
+  const std::size_t n = 97;  // odd, not a multiple of anything
+  const int d = 12;
+  for (std::size_t budget : {1u, 13u, 48u, 96u}) {
+    Layer<float> layer(2, d, n);
+    layer.fill_random(n, 31 + budget);
+    Window window(4, 1, d, n, 7);
+    std::vector<std::vector<double>> knorm(2), keydiff(2);
+    for (int h = 0; h < 2; ++h) {
+      const auto& v = layer.views[static_cast<std::size_t>(h)];
+      std::vector<double> anchor(d, 0.0), norm(n);
+      for (std::size_t j = 0; j < n; ++j) {
+        double sq = 0;
+        for (int i = 0; i < d; ++i) sq += double(*v.key(j, i)) * *v.key(j, i);
+        norm[j] = std::sqrt(sq);
+        knorm[h].push_back(-norm[j]);
+        for (int i = 0; i < d; ++i) anchor[i] += *v.key(j, i) / norm[j] / n;
+      }
+      double an = 0;
+      for (double a : anchor) an += a * a;
+      an = std::sqrt(an);
+      for (std::size_t j = 0; j < n; ++j) {
+        double dot = 0;
+        for (int i = 0; i < d; ++i) dot += *v.key(j, i) * anchor[i];
+        keydiff[h].push_back(-dot / (norm[j] * an));
+      }
+    }
+    Layer<float> copy(2, d, n);
+    copy.fill_random(n, 31 + budget);
+    Workspace ws;
+    KNorm(KNormOptions{0, 0}).compress(request_for(layer, window.view, Budget::entries(budget)), ws);
+    KeyDiff(KeyDiffOptions{0, 0}).compress(request_for(copy, window.view, Budget::entries(budget)), ws);
+    for (std::size_t h = 0; h < 2; ++h) {
+      INFO("budget " << budget << ", head " << h);
+      CHECK(kept_positions(layer.views[h]) == naive_top(knorm[h], budget));
+      CHECK(kept_positions(copy.views[h]) == naive_top(keydiff[h], budget));
+    }
+  }
+  // Defaults: the library-wide protection, and through the registry with kvpress's own rule.
+  CHECK(make_policy("KNorm").name() == "KNorm");
+  CHECK(make_policy("KeyDiff:sinks=0,recent=0").target<KeyDiff>()->options().recent_tokens == 0);
+  CHECK(KNorm().options().sink_tokens == 4);
 }

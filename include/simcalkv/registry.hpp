@@ -12,6 +12,8 @@
 #include "simcalkv/policies/layer_scheduled.hpp"
 #include "simcalkv/policies/pyramidkv.hpp"
 #include "simcalkv/policies/h2o.hpp"
+#include "simcalkv/policies/keydiff.hpp"
+#include "simcalkv/policies/knorm.hpp"
 #include "simcalkv/policies/pyramid_infer.hpp"
 #include "simcalkv/policies/snapkv.hpp"
 #include "simcalkv/policies/streaming_llm.hpp"
@@ -90,6 +92,8 @@ inline const std::vector<AdaKVInner>& adakv_inners() {
       {"SnapKV", [](PolicyOptions& o) { return make_adakv<SnapKV>(o, &SnapKV::read_options); }},
       {"H2O", [](PolicyOptions& o) { return make_adakv<H2O>(o, &H2O::read_options); }},
       {"TOVA", [](PolicyOptions& o) { return make_adakv<TOVA>(o, &TOVA::read_options); }},
+      {"KNorm", [](PolicyOptions& o) { return make_adakv<KNorm>(o, &KNorm::read_options); }},
+      {"KeyDiff", [](PolicyOptions& o) { return make_adakv<KeyDiff>(o, &KeyDiff::read_options); }},
       {"StreamingLLM", [](PolicyOptions& o) { return make_adakv<StreamingLLM>(o, &StreamingLLM::read_options); }},
       {"PyramidKV", [](PolicyOptions& o) { return make_adakv<PyramidKV>(o, &PyramidKV::read_options); }},
       {"PyramidInfer", [](PolicyOptions& o) { return make_adakv<PyramidInfer>(o, &PyramidInfer::read_options); }},
@@ -158,6 +162,11 @@ inline const std::vector<PolicyEntry>& policy_registry() {
     e.push_back({"PyramidInfer", "geometric per-layer budgets, selection by recency-weighted window attention; "
                  "options sinks, recent, decay, distance_weight",
                  [](PolicyOptions& o) { return AnyPolicy(PyramidInfer(PyramidInfer::read_options(o))); }});
+    e.push_back({"KNorm", "top entries by minus the key's L2 norm (no queries needed); options sinks, recent",
+                 [](PolicyOptions& o) { return AnyPolicy(KNorm(KNorm::read_options(o))); }});
+    e.push_back({"KeyDiff", "top entries by minus the key's cosine to the head's mean normalised key (no queries "
+                 "needed); options sinks, recent",
+                 [](PolicyOptions& o) { return AnyPolicy(KeyDiff(KeyDiff::read_options(o))); }});
     e.push_back({"AdaKV+SnapKV", "AdaKV per-head budgets with SnapKV; options alpha plus SnapKV's",
                  [](PolicyOptions& o) { return detail::make_adakv_of("SnapKV", o); }});
     e.push_back({"AdaKV+SimCalKV", "AdaKV per-head budgets with SimCalKV; options alpha plus SimCalKV's",
