@@ -218,6 +218,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
   if (!a.json) std::printf("\n");
 
   out["prompt_tokens"] = ids.size();
+  out["prompt_ids"] = ids;  // what the prompt encoded to, for hosts that compare generations
   out["generated_ids"] = gen;
   out["text"] = tok.decode(gen, /*skip_special_tokens=*/true);
   out["prefill_seconds"] = prefill_s;

@@ -210,3 +210,41 @@ TEST_CASE("e2e: SIGINT writes the finished samples and exits 130", "[.e2e-interr
   CHECK(nlohmann::json::parse(read_file(dir / "sweep.json"))["interrupted"].get<bool>());
   for (const auto& e : fs::directory_iterator(dir)) CHECK(e.path().filename().string().find(".tmp.") == std::string::npos);
 }
+
+TEST_CASE("e2e: a killed run leaves files that say interrupted", "[.e2e-interrupt][e2e-interrupt]") {
+  const std::string bin = env("SIMCALKV_EVAL_BIN");
+  const fs::path dir = fs::path(env("SIMCALKV_EVAL_E2E_DIR")) / "killed";
+  fs::remove_all(dir);
+  const std::string dataset = std::string(SIMCALKV_SOURCE_DIR) + "/data/tasks/niah_single_1024.jsonl";
+  const std::vector<std::string> args = {bin,         "--dataset",   dataset,   "--split",         "test[:20]",
+                                         "--max_new_tokens", "16",  "--max_input_tokens", "256", "--kv_method",
+                                         "SimCalKV",  "--no_plot",   "--quiet", "--threads",       "1",
+                                         "--output_dir", dir.string()};
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    std::vector<char*> argv;
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(bin.c_str(), argv.data());
+    std::_Exit(127);
+  }
+  const auto summary = dir / "summary_niah_single_1024_SimCalKV_0.5.json";
+  const auto t0 = std::chrono::steady_clock::now();
+  int status = 0;
+  bool exited = false;
+  while (!fs::exists(summary) && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(60)) {
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      exited = true;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  REQUIRE_FALSE(exited);
+  ::kill(pid, SIGKILL);  // no handler runs: what is on disk is what the run had written so far
+  REQUIRE(::waitpid(pid, &status, 0) == pid);
+  CHECK(WIFSIGNALED(status));
+  const auto j = nlohmann::json::parse(read_file(summary));
+  CHECK(j["interrupted"].get<bool>());
+  CHECK(j["samples"].get<std::size_t>() < 20);
+}

@@ -411,3 +411,27 @@ TEST_CASE("command line: the paper's spellings, dashes, lists and clear errors",
   CHECK_THROWS_WITH(parse_args({"xsum"}), Catch::Contains("unexpected argument 'xsum'"));
   CHECK_THROWS_WITH(parse_args({"--quiet=1"}), Catch::Contains("takes no value"));
 }
+
+TEST_CASE("datasets: text fields are strings, every line is JSON, repeated ids are reported", "[eval][datasets]") {
+  const auto dir = std::filesystem::temp_directory_path() / "simcalkv_eval_strict";
+  std::filesystem::create_directories(dir);
+  auto load = [&](const std::string& name, const std::string& body, const std::string& split = "test[:2]") {
+    std::ofstream(dir / name) << body;
+    return resolve_datasets((dir / name).string(), parse_split(split), {});
+  };
+  const std::string ok = R"({"index": 7, "input": "Q?", "outputs": ["x"], "metric": "string_match_all"})";
+  CHECK(load("ok.jsonl", ok + "\n").at(0).samples.size() == 1);
+  CHECK_THROWS_WITH(load("num.jsonl", R"({"index": 7, "input": 12345, "outputs": ["x"], "metric": "string_match_all"})"),
+                    Catch::Contains("num.jsonl:1") && Catch::Contains("field 'input' must be a string, got number 12345"));
+  // a broken line past the selected slice is found before any run
+  CHECK_THROWS_WITH(load("late.jsonl", ok + "\n" + ok + "\n" + ok + "\n{\"id\": \"b\", \n", "test[:1]"),
+                    Catch::Contains("late.jsonl:4") && Catch::Contains("not a JSON line"));
+  CHECK_THROWS_WITH(load("array.jsonl", ok + "\n[1, 2]\n", "test[:1]"),
+                    Catch::Contains("array.jsonl:2") && Catch::Contains("expected a JSON object"));
+  const auto dup = load("dup.jsonl", ok + "\n" + ok + "\n");
+  REQUIRE(dup.at(0).samples.size() == 2);
+  CHECK(dup.at(0).samples[1].id == "7#1");
+  REQUIRE(dup.at(0).warnings.size() == 1);
+  CHECK_THAT(dup.at(0).warnings[0], Catch::Contains("dup.jsonl:2: id '7' repeats an earlier record's"));
+  std::filesystem::remove_all(dir);
+}
