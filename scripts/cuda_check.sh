@@ -24,6 +24,8 @@ for h in "${headers[@]}"; do
 done
 "$NVCC" "${flags[@]}" -O2 -c tests/cuda/compile_check.cu -o "$tmp/compile_check.o"
 echo "ok  tests/cuda/compile_check.cu (instantiations)"
+"$NVCC" "${flags[@]}" -O2 -Ipython/csrc -c python/csrc/cuda_ops.cu -o "$tmp/cuda_ops.o"
+echo "ok  python/csrc/cuda_ops.cu (the Python package's GPU half)"
 if [ "${1:-}" = --all ]; then
   "$NVCC" "${flags[@]}" -O2 -Itests/cuda -c tests/cuda/test_cuda.cu -o "$tmp/test_cuda.o"
   echo "ok  tests/cuda/test_cuda.cu"

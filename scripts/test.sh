@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The README's test command: installs what is missing, builds in Release, runs every test.
+# The README's test command: installs what is missing, builds in Release, runs every test: the
+# C++ ctests, then the Python package's (scripts/test_python.sh; SIMCALKV_PYTHON_TESTS=0 skips them).
 set -euo pipefail
 # CMake options: SIMCALKV_CMAKE_ARGS="-DSIMCALKV_NATIVE=OFF ..." (word-split), BUILD_DIR for the build folder.
 cd "$(dirname "$0")/.."
@@ -13,3 +14,4 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DSIMCALKV_BUILD_BENCHMARKS=OF
 grep "^-- simcalkv" "$build/configure.log"
 cmake --build "$build" -j"$(nproc)"
 ctest --test-dir "$build" --output-on-failure -j"$(nproc)"
+if [ "${SIMCALKV_PYTHON_TESTS:-1}" != 0 ]; then bash scripts/test_python.sh; fi

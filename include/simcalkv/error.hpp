@@ -1,9 +1,13 @@
 // simcalkv: errors raised at the API boundary.
 #pragma once
 
-#include <sstream>
+#include <charconv>
+#include <concepts>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
 #include <utility>
 
 namespace simcalkv {
@@ -30,16 +34,45 @@ class Error : public std::runtime_error {
 
 namespace detail {
 
+// Messages are built without iostreams: a host process may hold two copies of libstdc++'s locale
+// machinery (PyTorch 2.11 wheels with a C++ extension built by the system g++ do), and there any
+// std::ostringstream in the extension crashes. Numbers are written as "%g" writes them, in no locale.
+inline void append_part(std::string& out, std::string_view text) { out += text; }
+inline void append_part(std::string& out, const char* text) { out += text ? text : "(null)"; }
+inline void append_part(std::string& out, char c) { out += c; }
+template <class T>
+  requires(std::is_arithmetic_v<T> || std::is_enum_v<T>)
+void append_part(std::string& out, T value) {
+  char buffer[64];
+  std::to_chars_result written;
+  if constexpr (std::is_enum_v<T>) {
+    written = std::to_chars(buffer, buffer + sizeof buffer, static_cast<std::underlying_type_t<T>>(value));
+  } else if constexpr (std::is_same_v<T, bool>) {
+    written = std::to_chars(buffer, buffer + sizeof buffer, value ? 1 : 0);
+  } else if constexpr (std::is_floating_point_v<T>) {
+    written = std::to_chars(buffer, buffer + sizeof buffer, value, std::chars_format::general, 6);
+  } else {
+    written = std::to_chars(buffer, buffer + sizeof buffer, value);
+  }
+  out.append(buffer, written.ec == std::errc{} ? written.ptr : buffer);
+}
+
+/// The parts of a message, concatenated.
 template <class... Parts>
-[[noreturn]] void fail(ErrorCode code, Parts&&... parts) {
-  std::ostringstream message;
-  (message << ... << std::forward<Parts>(parts));
-  throw Error(code, message.str());
+std::string message_of(const Parts&... parts) {
+  std::string message;
+  (append_part(message, parts), ...);
+  return message;
 }
 
 template <class... Parts>
-void require(bool condition, ErrorCode code, Parts&&... parts) {
-  if (!condition) fail(code, std::forward<Parts>(parts)...);
+[[noreturn]] void fail(ErrorCode code, const Parts&... parts) {
+  throw Error(code, message_of(parts...));
+}
+
+template <class... Parts>
+void require(bool condition, ErrorCode code, const Parts&... parts) {
+  if (!condition) fail(code, parts...);
 }
 
 }  // namespace detail

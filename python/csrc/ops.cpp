@@ -1,0 +1,278 @@
+// simcalkv._C: the library's CPU policies and biased attention as PyTorch operators.
+//
+// The caches these ops read and write are ragged: one layer's KV heads packed one after the other,
+// keys and values [total, head_dim], bias [total] and original positions [total], with a length per
+// head [heads]. It is the compact layout of the C++ library (layouts/compact.hpp) over tensors:
+// per-head budgets (AdaKV) free what a head gives up. Every op checks its arguments and throws a
+// ValueError naming the problem; a failed compression returns nothing and touches no input.
+#include <torch/extension.h>
+
+#include "simcalkv/kernels/attention.hpp"
+#include "simcalkv/layouts/compact.hpp"
+#include "simcalkv/registry.hpp"
+
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace {
+
+using simcalkv::Position;
+
+[[noreturn]] void fail(const std::string& message) { throw pybind11::value_error(message); }
+
+void expect(bool ok, const std::string& message) {
+  if (!ok) fail(message);
+}
+
+void expect_shape(const at::Tensor& t, const char* name, std::vector<int64_t> shape) {
+  expect(t.device().is_cpu(), std::string(name) + ": must be a CPU tensor (move it with .cpu())");
+  expect(t.dim() == static_cast<int64_t>(shape.size()),
+         std::string(name) + ": expected " + std::to_string(shape.size()) + " dimensions, got " + std::to_string(t.dim()));
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    expect(shape[i] < 0 || t.size(static_cast<int64_t>(i)) == shape[i],
+           std::string(name) + ": dimension " + std::to_string(i) + " is " + std::to_string(t.size(static_cast<int64_t>(i))) +
+               ", expected " + std::to_string(shape[i]));
+}
+
+/// The policy of a specification, built once per spec (make_policy parses and validates it).
+const simcalkv::AnyPolicy& policy_of(const std::string& spec) {
+  static std::mutex mutex;
+  static std::map<std::string, simcalkv::AnyPolicy> cache;
+  std::lock_guard lock(mutex);
+  auto it = cache.find(spec);
+  if (it == cache.end()) {
+    try {
+      it = cache.emplace(spec, simcalkv::make_policy(spec)).first;
+    } catch (const simcalkv::Error& e) {
+      fail(e.what());
+    }
+  }
+  return it->second;
+}
+
+struct Ragged {
+  at::Tensor keys, values, bias, positions, lengths;  // lengths int64 [heads]
+  std::vector<int64_t> offsets;                       // [heads + 1]
+  int64_t heads = 0, head_dim = 0;
+};
+
+Ragged check_ragged(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& bias, const at::Tensor& positions,
+                    const at::Tensor& lengths) {
+  Ragged r;
+  expect_shape(lengths, "lengths", {-1});
+  expect(lengths.scalar_type() == at::kLong, "lengths: must be int64");
+  r.heads = lengths.size(0);
+  expect(r.heads > 0, "lengths: no KV heads");
+  r.lengths = lengths.contiguous();
+  r.offsets.assign(static_cast<std::size_t>(r.heads) + 1, 0);
+  const auto* len = r.lengths.data_ptr<int64_t>();
+  for (int64_t h = 0; h < r.heads; ++h) {
+    expect(len[h] >= 0, "lengths: KV head " + std::to_string(h) + " has a negative length");
+    r.offsets[static_cast<std::size_t>(h) + 1] = r.offsets[static_cast<std::size_t>(h)] + len[h];
+  }
+  const int64_t total = r.offsets.back();
+  expect(keys.dim() == 2 && keys.size(0) == total, "keys: expected [" + std::to_string(total) +
+                                                      ", head_dim] (the sum of lengths), got " + std::to_string(keys.dim()) +
+                                                      " dimensions of " + std::to_string(keys.dim() ? keys.size(0) : 0));
+  expect_shape(keys, "keys", {total, -1});
+  r.head_dim = keys.size(1);
+  expect(r.head_dim > 0, "keys: head_dim must be positive");
+  expect_shape(values, "values", {total, r.head_dim});
+  expect_shape(bias, "bias", {total});
+  expect_shape(positions, "positions", {total});
+  const auto st = keys.scalar_type();
+  expect(st == at::kFloat || st == at::kHalf || st == at::kBFloat16, "keys: dtype must be float32, float16 or bfloat16");
+  expect(values.scalar_type() == st, "values: dtype differs from keys'");
+  expect(bias.scalar_type() == at::kFloat, "bias: must be float32");
+  expect(positions.scalar_type() == at::kInt, "positions: must be int32");
+  r.keys = keys.contiguous();
+  r.values = values.contiguous();
+  r.bias = bias.contiguous();
+  r.positions = positions.contiguous();
+  return r;
+}
+
+template <class T>
+std::vector<simcalkv::HeadView<T>> views_of(Ragged& r, float* scores) {
+  std::vector<simcalkv::HeadView<T>> heads(static_cast<std::size_t>(r.heads));
+  auto* k = reinterpret_cast<T*>(r.keys.data_ptr());
+  auto* v = reinterpret_cast<T*>(r.values.data_ptr());
+  auto* b = r.bias.data_ptr<float>();
+  auto* p = r.positions.data_ptr<int32_t>();
+  const auto d = r.head_dim;
+  for (std::size_t h = 0; h < heads.size(); ++h) {
+    const auto o = r.offsets[h];
+    const auto n = static_cast<std::size_t>(r.offsets[h + 1] - o);
+    heads[h] = simcalkv::make_head_view(k + o * d, v + o * d, b + o, p + o, scores ? scores + o : nullptr, n, n,
+                                        static_cast<int>(d));
+  }
+  return heads;
+}
+
+/// Runs `body` with T the storage type of `dtype`.
+template <class Body>
+auto with_storage(at::ScalarType dtype, Body&& body) {
+  switch (dtype) {
+    case at::kFloat: return body(float{});
+    case at::kHalf: return body(simcalkv::half{});
+    default: return body(simcalkv::bfloat16{});
+  }
+}
+
+pybind11::dict compress_ragged(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& bias,
+                               const at::Tensor& positions, const at::Tensor& lengths, const at::Tensor& window_queries,
+                               const at::Tensor& window_positions, const std::string& spec, double compress_ratio,
+                               c10::optional<at::Tensor> scores, bool shared_selection, int64_t layer,
+                               int64_t num_layers, int64_t threads) {
+  Ragged in = check_ragged(keys, values, bias, positions, lengths);
+  expect(compress_ratio >= 0.0 && compress_ratio < 1.0,
+         "compress_ratio: " + std::to_string(compress_ratio) + " is outside [0, 1) (the fraction of entries removed)");
+  expect(num_layers > 0 && layer >= 0 && layer < num_layers, "layer: must be in [0, num_layers)");
+  expect_shape(window_queries, "window_queries", {-1, -1, in.head_dim});
+  expect(window_queries.scalar_type() == at::kFloat, "window_queries: must be float32");
+  const auto wq = window_queries.contiguous();
+  const int64_t num_query_heads = wq.size(0), w = wq.size(1);
+  expect(num_query_heads % in.heads == 0, "window_queries: " + std::to_string(num_query_heads) +
+                                              " query heads are not a multiple of " + std::to_string(in.heads) +
+                                              " KV heads");
+  expect_shape(window_positions, "window_positions", {w});
+  expect(window_positions.scalar_type() == at::kInt, "window_positions: must be int32");
+  const auto wp = window_positions.contiguous();
+  at::Tensor score_buf;
+  if (scores) {
+    expect_shape(*scores, "scores", {in.offsets.back()});
+    expect(scores->scalar_type() == at::kFloat, "scores: must be float32");
+    score_buf = scores->contiguous().clone();
+  }
+  const auto& policy = policy_of(spec);
+
+  // Plan on the caller's tensors (planning only reads), then apply to copies: the inputs stay as
+  // they were whatever happens.
+  Ragged work = in;
+  work.keys = in.keys.clone();
+  work.values = in.values.clone();
+  work.bias = in.bias.clone();
+  work.positions = in.positions.clone();
+  simcalkv::LayerPlan plan;
+  simcalkv::CompressionStats stats;
+  std::vector<int64_t> kept_lengths(static_cast<std::size_t>(in.heads));
+  with_storage(in.keys.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    auto heads = views_of<T>(work, score_buf.defined() ? score_buf.data_ptr<float>() : nullptr);
+    simcalkv::LayerRequest<T> request;
+    request.heads = heads;
+    request.window = simcalkv::make_window_view(wq.data_ptr<float>(), wp.data_ptr<int32_t>(),
+                                                static_cast<int>(num_query_heads), static_cast<int>(w),
+                                                static_cast<int>(in.head_dim));
+    request.budget = simcalkv::Budget::compress_ratio(compress_ratio);
+    request.layer = static_cast<int>(layer);
+    request.num_layers = static_cast<int>(num_layers);
+    request.shared_selection = shared_selection;
+    simcalkv::ThreadExecutor executor(static_cast<int>(threads));
+    if (threads > 1) request.executor = &executor;
+    simcalkv::Workspace workspace;
+    try {
+      plan = policy.plan(request, workspace);
+      stats = simcalkv::apply_plan(plan, std::span<simcalkv::HeadView<T>>(heads));
+    } catch (const simcalkv::Error& e) {
+      fail(e.what());
+    }
+    return 0;
+  });
+
+  // Gather each head's kept prefix into fresh packed tensors.
+  int64_t total = 0;
+  for (int64_t h = 0; h < in.heads; ++h) total += kept_lengths[static_cast<std::size_t>(h)] = plan.kept(static_cast<std::size_t>(h));
+  auto out_keys = at::empty({total, in.head_dim}, in.keys.options());
+  auto out_values = at::empty({total, in.head_dim}, in.values.options());
+  auto out_bias = at::empty({total}, in.bias.options());
+  auto out_positions = at::empty({total}, in.positions.options());
+  auto out_kept = at::empty({total}, at::TensorOptions().dtype(at::kLong));
+  auto out_scores = score_buf.defined() ? at::empty({total}, score_buf.options()) : at::Tensor();
+  auto out_lengths = at::empty({in.heads}, at::TensorOptions().dtype(at::kLong));
+  int64_t o = 0;
+  for (int64_t h = 0; h < in.heads; ++h) {
+    const auto n = kept_lengths[static_cast<std::size_t>(h)];
+    const auto src = work.offsets[static_cast<std::size_t>(h)];
+    out_keys.narrow(0, o, n).copy_(work.keys.narrow(0, src, n));
+    out_values.narrow(0, o, n).copy_(work.values.narrow(0, src, n));
+    out_bias.narrow(0, o, n).copy_(work.bias.narrow(0, src, n));
+    out_positions.narrow(0, o, n).copy_(work.positions.narrow(0, src, n));
+    if (out_scores.defined()) out_scores.narrow(0, o, n).copy_(score_buf.narrow(0, src, n));
+    auto* kept = out_kept.data_ptr<int64_t>() + o;
+    const auto& keep = plan.heads[static_cast<std::size_t>(h)].keep;
+    for (int64_t j = 0; j < n; ++j) kept[j] = keep[static_cast<std::size_t>(j)];
+    out_lengths.data_ptr<int64_t>()[h] = n;
+    o += n;
+  }
+  pybind11::dict result;
+  result["keys"] = out_keys;
+  result["values"] = out_values;
+  result["bias"] = out_bias;
+  result["positions"] = out_positions;
+  result["lengths"] = out_lengths;
+  result["kept"] = out_kept;
+  result["scores"] = out_scores.defined() ? pybind11::cast(out_scores) : pybind11::none();
+  result["merged"] = stats.merged;
+  result["evicted"] = stats.evicted;
+  return result;
+}
+
+at::Tensor attend_ragged(const at::Tensor& queries, const at::Tensor& query_positions, const at::Tensor& keys,
+                         const at::Tensor& values, const at::Tensor& bias, const at::Tensor& positions,
+                         const at::Tensor& lengths, double scale) {
+  Ragged r = check_ragged(keys, values, bias, positions, lengths);
+  expect_shape(queries, "queries", {-1, -1, r.head_dim});
+  expect(queries.scalar_type() == at::kFloat, "queries: must be float32");
+  const int64_t num_query_heads = queries.size(0), m = queries.size(1);
+  expect(num_query_heads % r.heads == 0, "queries: " + std::to_string(num_query_heads) +
+                                             " query heads are not a multiple of " + std::to_string(r.heads) +
+                                             " KV heads");
+  expect_shape(query_positions, "query_positions", {m});
+  expect(query_positions.scalar_type() == at::kInt, "query_positions: must be int32");
+  expect(std::isfinite(scale) && scale >= 0.0, "scale: must be finite and >= 0 (0: 1/sqrt(head_dim))");
+  const auto q = queries.contiguous();
+  const auto qp = query_positions.contiguous();
+  auto out = at::zeros_like(q);
+  const int64_t G = num_query_heads / r.heads;
+  const auto rows = static_cast<std::size_t>(G * m * r.head_dim);
+  simcalkv::AttentionOptions options;
+  options.scale = static_cast<float>(scale);
+  with_storage(r.keys.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    auto heads = views_of<T>(r, nullptr);
+    for (int64_t h = 0; h < r.heads; ++h) {
+      if (heads[static_cast<std::size_t>(h)].length == 0) continue;  // nothing to attend: zeros
+      try {
+        simcalkv::block_attention(heads[static_cast<std::size_t>(h)],
+                                  std::span<const float>(q.data_ptr<float>() + h * static_cast<int64_t>(rows), rows),
+                                  static_cast<int>(G), std::span<const Position>(qp.data_ptr<int32_t>(), m),
+                                  std::span<float>(out.data_ptr<float>() + h * static_cast<int64_t>(rows), rows),
+                                  options);
+      } catch (const simcalkv::Error& e) {
+        fail(e.what());
+      }
+    }
+    return 0;
+  });
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "simcalkv's C++ policies and biased attention over ragged per-head KV caches (CPU)";
+  m.def("policy_names", &simcalkv::policy_names, "The registry's policy names");
+  m.def("compress_ragged", &compress_ragged, pybind11::arg("keys"), pybind11::arg("values"), pybind11::arg("bias"),
+        pybind11::arg("positions"), pybind11::arg("lengths"), pybind11::arg("window_queries"),
+        pybind11::arg("window_positions"), pybind11::arg("spec"), pybind11::arg("compress_ratio"),
+        pybind11::arg("scores") = pybind11::none(), pybind11::arg("shared_selection") = false,
+        pybind11::arg("layer") = 0, pybind11::arg("num_layers") = 1, pybind11::arg("threads") = 1,
+        "Compresses one ragged layer with a registry policy spec; returns the kept entries packed");
+  m.def("attend_ragged", &attend_ragged, pybind11::arg("queries"), pybind11::arg("query_positions"),
+        pybind11::arg("keys"), pybind11::arg("values"), pybind11::arg("bias"), pybind11::arg("positions"),
+        pybind11::arg("lengths"), pybind11::arg("scale") = 0.0,
+        "softmax(scale q.k + bias) v over each KV head's entries with position <= the query's");
+}

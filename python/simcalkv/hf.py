@@ -1,0 +1,254 @@
+"""simcalkv in Hugging Face transformers (5.x): a cache layer, an attention function, a press.
+
+    import simcalkv.hf
+    press = simcalkv.hf.SimCalKVPress("SimCalKV", compression_ratio=0.75)
+    with press(model):
+        out = model.generate(input_ids, max_new_tokens=64)
+
+How it fits transformers: every attention layer calls `past_key_values.update(k, v, layer_idx)`
+and hands what it returns to the function registered for `config._attn_implementation`. The press
+(or `SimCalKVCache`) puts a `SimCalKVLayer` in the cache: during prefill it holds the dense prompt
+like `DynamicLayer`, and returns its tensors tagged with itself; our attention function
+("simcalkv") runs SDPA over them and, at the end of the prefill, compresses the layer with the
+prompt's last `window` post-RoPE queries into one `RaggedLayer` per sequence (per-head lengths,
+the merged entries' bias, original positions). From then on `update` appends to the ragged cache
+and the attention function reads it with the bias. `get_seq_length()` counts the tokens seen, not
+the entries kept, so new tokens get their true RoPE positions.
+
+Limits: rows of a batch must have equal, unpadded lengths (the "simcalkv" implementation gets no
+padding mask); compressed layers cannot be cropped, reordered for beam search or offloaded.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface, DynamicCache
+from transformers.cache_utils import DynamicLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from .ragged import RaggedLayer
+
+ATTENTION_NAME = "simcalkv"
+
+
+class CompressionConfig:
+    """What to do to a layer: a registry policy spec removing `compression_ratio` of the prompt's
+    entries, with the last `window` prompt queries; with `decode_interval` N > 0, every N decoded
+    tokens the layer is compressed back to the size the prefill compression left."""
+
+    def __init__(self, spec: str = "SimCalKV", compression_ratio: float = 0.5, window: int = 32,
+                 decode_interval: int = 0, num_layers: int = 1, threads: int = 1):
+        if not 0.0 <= compression_ratio < 1.0:
+            raise ValueError(f"compression_ratio {compression_ratio} is outside [0, 1)")
+        if window < 1:
+            raise ValueError(f"window {window} must be at least 1")
+        if decode_interval < 0:
+            raise ValueError(f"decode_interval {decode_interval} must be >= 0")
+        self.spec, self.compression_ratio, self.window = spec, float(compression_ratio), int(window)
+        self.decode_interval, self.num_layers, self.threads = int(decode_interval), int(num_layers), int(threads)
+
+
+class SimCalKVLayer(DynamicLayer):
+    """A transformers cache layer that becomes a compressed ragged cache after the prefill."""
+
+    def __init__(self, config: CompressionConfig, layer_idx: int):
+        super().__init__()
+        self.compression = config
+        self.layer_idx = layer_idx
+        self.rows: list[RaggedLayer] | None = None  # one per sequence once compressed
+        self.seen = 0  # tokens seen (the next token's position)
+        self.window_queries: list[torch.Tensor] = []  # recent decode queries, for decode_interval
+        self.target: list[int] = []  # per row: entries per head the prefill compression kept
+        self.since_compression = 0
+
+    # --- the CacheLayerMixin surface -------------------------------------------------------
+    def update(self, key_states, value_states, *args, **kwargs):
+        t = key_states.shape[-2]
+        if self.rows is None:
+            keys, values = super().update(key_states, value_states, *args, **kwargs)
+        else:
+            positions = torch.arange(self.seen, self.seen + t, dtype=torch.int32)
+            for b, row in enumerate(self.rows):
+                row.append(key_states[b], value_states[b], positions)
+            keys, values = key_states, value_states
+        self.seen += t
+        keys._simcalkv_layer = self  # read by the attention function
+        return keys, values
+
+    def get_seq_length(self) -> int:
+        return self.seen
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.seen + query_length, 0
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if self.rows is not None:
+            raise NotImplementedError("simcalkv: a compressed layer cannot be cropped")
+        super().crop(tokens_to_remove)
+        self.seen = super().get_seq_length()
+
+    def reorder_cache(self, beam_idx):
+        if self.rows is not None:
+            raise NotImplementedError("simcalkv: a compressed layer cannot be reordered (no beam search)")
+        super().reorder_cache(beam_idx)
+
+    def offload(self):
+        if self.rows is not None:
+            raise NotImplementedError("simcalkv: a compressed layer cannot be offloaded")
+        super().offload()
+
+    # --- memory --------------------------------------------------------------------------
+    def nbytes(self) -> int:
+        """Bytes this layer holds on its device."""
+        if self.rows is None:
+            return 0 if self.keys is None else self.keys.numel() * self.keys.element_size() * 2
+        return sum(r.nbytes() for r in self.rows)
+
+    def kept_lengths(self) -> list[list[int]]:
+        """Entries per head of every row."""
+        return [r.lengths.tolist() for r in self.rows] if self.rows is not None else []
+
+    # --- compression ---------------------------------------------------------------------
+    def compress_prefill(self, query: torch.Tensor) -> None:
+        """Compresses the dense prompt with its last `window` queries ([b, Hq, n, d], post-RoPE)."""
+        c = self.compression
+        n = self.seen
+        w = min(c.window, query.shape[-2], n)
+        window_positions = torch.arange(n - w, n, dtype=torch.int32)
+        rows = []
+        for b in range(self.keys.shape[0]):
+            row = RaggedLayer.from_dense(self.keys[b], self.values[b])
+            if c.compression_ratio > 0:
+                row.compress(query[b, :, -w:], window_positions, c.spec, c.compression_ratio, self.layer_idx,
+                             c.num_layers, threads=c.threads)
+            rows.append(row)
+        self.rows = rows
+        self.target = [int(r.lengths.float().mean().round()) for r in rows]
+        self.keys = torch.zeros(0, dtype=self.dtype, device=self.device)  # the dense prompt is released
+        self.values = torch.zeros(0, dtype=self.dtype, device=self.device)
+        self.window_queries = [query[:, :, -w:].detach()]
+
+    def after_decode(self, query: torch.Tensor) -> None:
+        """Records decode queries and re-compresses every `decode_interval` tokens."""
+        c = self.compression
+        if c.decode_interval <= 0:
+            return
+        self.window_queries.append(query.detach())
+        recent = torch.cat(self.window_queries, dim=-2)[:, :, -c.window:]
+        self.window_queries = [recent]
+        self.since_compression += query.shape[-2]
+        if self.since_compression < c.decode_interval:
+            return
+        self.since_compression = 0
+        w = recent.shape[-2]
+        window_positions = torch.arange(self.seen - w, self.seen, dtype=torch.int32)
+        for b, row in enumerate(self.rows):
+            mean = float(row.lengths.float().mean())
+            ratio = max(0.0, 1.0 - self.target[b] / mean) if mean > 0 else 0.0
+            if ratio > 0:
+                row.compress(recent[b], window_positions, c.spec, ratio, self.layer_idx, c.num_layers,
+                             threads=c.threads)
+
+
+class SimCalKVCache(DynamicCache):
+    """A transformers cache whose layers compress after the prefill (see the module docstring).
+    Pass it as `past_key_values` with `attn_implementation="simcalkv"` (call `register()` first)."""
+
+    def __init__(self, num_layers: int, spec: str = "SimCalKV", compression_ratio: float = 0.5,
+                 window: int = 32, decode_interval: int = 0, threads: int = 1):
+        config = CompressionConfig(spec, compression_ratio, window, decode_interval, num_layers, threads)
+        super().__init__()
+        self.layers = [SimCalKVLayer(config, i) for i in range(num_layers)]
+        self.layer_class_to_replicate = None
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers if isinstance(layer, SimCalKVLayer))
+
+
+def _causal_bottom_right(q_len: int, kv_len: int, device) -> torch.Tensor:
+    i = torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+    return (torch.arange(kv_len, device=device)[None, :] <= i)[None, None]
+
+
+def simcalkv_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """The "simcalkv" attention function: SDPA before compression, biased ragged attention after."""
+    layer = getattr(key, "_simcalkv_layer", None)
+    q_len = query.shape[-2]
+    if layer is None or layer.rows is None:
+        if attention_mask is None and q_len > 1 and key.shape[-2] > q_len:
+            attention_mask = _causal_bottom_right(q_len, key.shape[-2], query.device)
+        out, weights = sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                              scaling=scaling, **kwargs)
+        if layer is not None and q_len > 1 and layer.seen == key.shape[-2] == q_len:
+            layer.compress_prefill(query)  # the end of the prefill: the whole prompt in one call
+        return out, weights
+    positions = torch.arange(layer.seen - q_len, layer.seen, dtype=torch.int32)
+    outs = [row.attend(query[b], positions, scaling) for b, row in enumerate(layer.rows)]
+    out = torch.stack(outs).to(query.dtype)  # [b, Hq, q, d]
+    layer.after_decode(query)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def set_attention(model, name: str) -> None:
+    """Sets the model's attention implementation (set_attn_implementation where the installed
+    transformers accepts the name, else the config attribute it reads)."""
+    try:
+        model.set_attn_implementation(name)
+    except (AttributeError, ValueError, KeyError):
+        for config in [model.config] + [getattr(model.config, k) for k in (getattr(model.config, "sub_configs", None) or {})]:
+            config._attn_implementation = name
+
+
+def register() -> str:
+    """Registers the "simcalkv" attention function with transformers; returns its name."""
+    AttentionInterface.register(ATTENTION_NAME, simcalkv_attention)
+    return ATTENTION_NAME
+
+
+class SimCalKVPress:
+    """kvpress's shape of use: `with press(model): model.generate(...)` or a pipeline call inside.
+
+    While active, the model's attention implementation is "simcalkv" and every cache the model
+    is given (or creates) gets `SimCalKVLayer`s before its first update. On exit the model's
+    attention implementation is restored."""
+
+    def __init__(self, spec: str = "SimCalKV", compression_ratio: float = 0.5, window: int = 32,
+                 decode_interval: int = 0, threads: int = 1):
+        self.spec, self.compression_ratio, self.window = spec, compression_ratio, window
+        self.decode_interval, self.threads = decode_interval, threads
+        CompressionConfig(spec, compression_ratio, window, decode_interval)  # validate now
+
+    @contextmanager
+    def __call__(self, model):
+        register()
+        language_model = model.model.language_model if hasattr(model.model, "language_model") else model.model
+        attention_layers = [layer.self_attn for layer in language_model.layers]
+        config = CompressionConfig(self.spec, self.compression_ratio, self.window, self.decode_interval,
+                                   len(attention_layers), self.threads)
+
+        def install(module, args, kwargs):
+            cache = kwargs.get("past_key_values")
+            if cache is None:
+                return
+            i = module.layer_idx
+            if getattr(cache, "layer_class_to_replicate", None) is not None:
+                while len(cache.layers) <= i:
+                    cache.layers.append(cache.layer_class_to_replicate())
+            current = cache.layers[i]
+            if isinstance(current, SimCalKVLayer):
+                return  # ours already (this press's, an earlier one's or a SimCalKVCache's)
+            if current.get_seq_length() > 0:
+                raise ValueError("simcalkv: the cache given already holds uncompressed tokens of another cache "
+                                 "layer type; start from an empty cache")
+            cache.layers[i] = SimCalKVLayer(config, i)
+
+        previous = model.config._attn_implementation
+        hooks = [m.register_forward_pre_hook(install, with_kwargs=True) for m in attention_layers]
+        set_attention(model, ATTENTION_NAME)
+        try:
+            yield
+        finally:
+            for h in hooks:
+                h.remove()
+            set_attention(model, previous)
