@@ -11,6 +11,10 @@
 #include "simcalkv/layouts/compact.hpp"
 #include "simcalkv/registry.hpp"
 
+#ifdef SIMCALKV_WITH_CUDA
+#include "cuda_ops.h"
+#endif
+
 #include <map>
 #include <mutex>
 #include <string>
@@ -260,6 +264,133 @@ at::Tensor attend_ragged(const at::Tensor& queries, const at::Tensor& query_posi
   return out;
 }
 
+#ifdef SIMCALKV_WITH_CUDA
+// --- the GPU ops (cuda_ops.cu): one layer of a batch in place, in the ragged layout -----------
+
+void expect_cuda(const at::Tensor& t, const at::Tensor& like, const char* name, at::ScalarType dtype,
+                 std::vector<int64_t> shape) {
+  expect(t.device() == like.device(), std::string(name) + ": must be on " + like.device().str());
+  expect(t.scalar_type() == dtype, std::string(name) + ": dtype must be " + std::string(c10::toString(dtype)));
+  expect(t.is_contiguous(), std::string(name) + ": must be contiguous");
+  expect(t.dim() == static_cast<int64_t>(shape.size()),
+         std::string(name) + ": expected " + std::to_string(shape.size()) + " dimensions, got " + std::to_string(t.dim()));
+  for (std::size_t i = 0; i < shape.size(); ++i)
+    expect(shape[i] < 0 || t.size(static_cast<int64_t>(i)) == shape[i],
+           std::string(name) + ": dimension " + std::to_string(i) + " is " + std::to_string(t.size(static_cast<int64_t>(i))) +
+               ", expected " + std::to_string(shape[i]));
+}
+
+CudaLayer cuda_layer_of(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& bias,
+                        const at::Tensor& positions, const at::Tensor& offsets, const at::Tensor& lengths,
+                        int64_t num_kv_heads, int64_t max_length) {
+  expect(keys.is_cuda(), "keys: must be a CUDA tensor");
+  const auto st = keys.scalar_type();
+  expect(st == at::kBFloat16 || st == at::kHalf, "keys: the CUDA kernels store bfloat16 or float16");
+  expect(keys.dim() == 2, "keys: expected [rows, head_dim]");
+  const int64_t rows = keys.size(0), d = keys.size(1);
+  expect(d == 64 || d == 128, "keys: head_dim " + std::to_string(d) + " (the CUDA kernels take 64 or 128)");
+  expect_cuda(keys, keys, "keys", st, {rows, d});
+  expect_cuda(values, keys, "values", st, {rows, d});
+  expect_cuda(bias, keys, "bias", at::kFloat, {rows});
+  expect_cuda(positions, keys, "positions", at::kInt, {rows});
+  expect_cuda(lengths, keys, "lengths", at::kInt, {-1});
+  const int64_t seqs = lengths.size(0);
+  expect_cuda(offsets, keys, "offsets", at::kLong, {seqs});
+  expect(seqs > 0 && num_kv_heads > 0 && seqs % num_kv_heads == 0,
+         "lengths: " + std::to_string(seqs) + " sequences are not a positive multiple of " +
+             std::to_string(num_kv_heads) + " KV heads");
+  expect(max_length >= 0 && max_length <= rows, "max_length: must be in [0, rows]");
+  for (const at::Tensor* t : {&keys, &values})
+    expect(reinterpret_cast<std::uintptr_t>(t->data_ptr()) % 16 == 0, "keys/values: rows must be 16-byte aligned");
+  CudaLayer l;
+  l.dtype = st == at::kBFloat16 ? 0 : 1;
+  l.keys = keys.data_ptr();
+  l.values = values.data_ptr();
+  l.bias = bias.data_ptr<float>();
+  l.positions = positions.data_ptr<int32_t>();
+  l.offsets = offsets.data_ptr<int64_t>();
+  l.lengths = lengths.data_ptr<int32_t>();
+  l.num_seqs = static_cast<int>(seqs);
+  l.num_kv_heads = static_cast<int>(num_kv_heads);
+  l.head_dim = static_cast<int>(d);
+  l.max_length = static_cast<int>(max_length);
+  l.total_rows = rows;
+  return l;
+}
+
+void check_cuda(int code, const char* what) {
+  if (code != 0) throw std::runtime_error(std::string("simcalkv: ") + what + ": " + simcalkv_cuda_error(code));
+}
+
+void cuda_compress(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& bias, const at::Tensor& positions,
+                   const at::Tensor& offsets, const at::Tensor& lengths, int64_t num_kv_heads, int64_t max_length,
+                   const at::Tensor& window_queries, const at::Tensor& window_positions, int64_t method,
+                   int64_t sink_tokens, int64_t pooling, int64_t pool_kernel, bool adakv, double compress_ratio,
+                   int64_t stream) {
+  const CudaLayer layer = cuda_layer_of(keys, values, bias, positions, offsets, lengths, num_kv_heads, max_length);
+  expect(compress_ratio >= 0.0 && compress_ratio < 1.0, "compress_ratio: must be in [0, 1)");
+  expect(method >= 0 && method <= 2, "method: 0 StreamingLLM, 1 SnapKV, 2 SimCalKV");
+  const int64_t requests = layer.num_seqs / num_kv_heads;
+  expect(window_queries.device() == keys.device() && window_queries.scalar_type() == at::kFloat &&
+             window_queries.dim() == 4 && window_queries.size(0) == requests && window_queries.size(3) == layer.head_dim &&
+             window_queries.stride(3) == 1,
+         "window_queries: expected float32 [" + std::to_string(requests) + ", query_heads, tokens, " +
+             std::to_string(layer.head_dim) + "] on the cache's device, rows contiguous");
+  const int64_t hq = window_queries.size(1), w = window_queries.size(2);
+  expect(hq % num_kv_heads == 0 && hq / num_kv_heads <= 8, "window_queries: query heads must be 1 to 8 per KV head");
+  expect(method == 0 || w > 0, "window_queries: the window is empty");
+  expect_cuda(window_positions, keys, "window_positions", at::kInt, {w});
+  CudaWindow window;
+  window.queries = window_queries.data_ptr<float>();
+  window.request_stride = window_queries.stride(0);
+  window.head_stride = window_queries.stride(1);
+  window.token_stride = window_queries.stride(2);
+  window.positions = window_positions.data_ptr<int32_t>();
+  window.tokens = static_cast<int>(w);
+  window.group = static_cast<int>(hq / num_kv_heads);
+  CudaPolicy policy;
+  policy.method = static_cast<int>(method);
+  policy.sink_tokens = static_cast<int>(sink_tokens);
+  policy.pooling = static_cast<int>(pooling);
+  policy.pool_kernel = static_cast<int>(pool_kernel);
+  policy.adakv = adakv;
+  const std::size_t bytes = simcalkv_cuda_compress_workspace(layer, window, policy);
+  auto workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))}, keys.options().dtype(at::kByte));
+  check_cuda(simcalkv_cuda_compress(layer, window, policy, compress_ratio, workspace.data_ptr(), bytes,
+                                    reinterpret_cast<void*>(stream)),
+             "compress_layer");
+}
+
+at::Tensor cuda_decode(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& bias,
+                       const at::Tensor& positions, const at::Tensor& offsets, const at::Tensor& lengths,
+                       int64_t num_kv_heads, int64_t max_length, const at::Tensor& queries, double scale, int64_t stream) {
+  const CudaLayer layer = cuda_layer_of(keys, values, bias, positions, offsets, lengths, num_kv_heads, max_length);
+  const int64_t requests = layer.num_seqs / num_kv_heads;
+  expect(queries.device() == keys.device() && queries.scalar_type() == keys.scalar_type() && queries.dim() == 3 &&
+             queries.size(0) == requests && queries.size(2) == layer.head_dim && queries.stride(2) == 1,
+         "queries: expected [" + std::to_string(requests) + ", query_heads, " + std::to_string(layer.head_dim) +
+             "] in the cache's dtype and device, rows contiguous");
+  const int64_t hq = queries.size(1);
+  expect(hq % num_kv_heads == 0 && hq / num_kv_heads <= 8, "queries: query heads must be 1 to 8 per KV head");
+  expect(std::isfinite(scale) && scale >= 0.0, "scale: must be finite and >= 0 (0: 1/sqrt(head_dim))");
+  auto out = at::empty({requests, hq, layer.head_dim}, queries.options());
+  CudaDecodeIO io;
+  io.queries = queries.data_ptr();
+  io.q_request_stride = queries.stride(0);
+  io.q_head_stride = queries.stride(1);
+  io.out = out.data_ptr();
+  io.out_request_stride = out.stride(0);
+  io.out_head_stride = out.stride(1);
+  io.scale = static_cast<float>(scale);
+  io.group = static_cast<int>(hq / num_kv_heads);
+  const std::size_t bytes = simcalkv_cuda_decode_workspace(layer, io.group);
+  auto workspace = at::empty({static_cast<int64_t>(std::max<std::size_t>(bytes, 1))}, keys.options().dtype(at::kByte));
+  check_cuda(simcalkv_cuda_decode(layer, io, workspace.data_ptr(), bytes, reinterpret_cast<void*>(stream)),
+             "decode_attention");
+  return out;
+}
+#endif
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -275,4 +406,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("keys"), pybind11::arg("values"), pybind11::arg("bias"), pybind11::arg("positions"),
         pybind11::arg("lengths"), pybind11::arg("scale") = 0.0,
         "softmax(scale q.k + bias) v over each KV head's entries with position <= the query's");
+#ifdef SIMCALKV_WITH_CUDA
+  m.attr("has_cuda") = true;
+  m.def("cuda_compress", &cuda_compress, "Compresses one ragged layer of a batch in place on the GPU (lengths lowered)");
+  m.def("cuda_decode", &cuda_decode, "Biased decode attention of one token per request over a ragged layer on the GPU");
+#else
+  m.attr("has_cuda") = false;
+#endif
 }

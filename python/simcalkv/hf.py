@@ -27,6 +27,7 @@ from transformers import AttentionInterface, DynamicCache
 from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from . import cuda_batch
 from .ragged import RaggedLayer
 
 ATTENTION_NAME = "simcalkv"
@@ -35,10 +36,15 @@ ATTENTION_NAME = "simcalkv"
 class CompressionConfig:
     """What to do to a layer: a registry policy spec removing `compression_ratio` of the prompt's
     entries, with the last `window` prompt queries; with `decode_interval` N > 0, every N decoded
-    tokens the layer is compressed back to the size the prefill compression left."""
+    tokens the layer is compressed back to the size the prefill compression left. `backend`: "auto"
+    runs the CUDA kernels where they apply (a CUDA layer in bfloat16/float16, head_dim 64 or 128,
+    StreamingLLM/SnapKV/SimCalKV with or without AdaKV) and the CPU library otherwise; "cpu" and
+    "cuda" insist."""
 
     def __init__(self, spec: str = "SimCalKV", compression_ratio: float = 0.5, window: int = 32,
-                 decode_interval: int = 0, num_layers: int = 1, threads: int = 1):
+                 decode_interval: int = 0, num_layers: int = 1, threads: int = 1, backend: str = "auto"):
+        if backend not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"backend '{backend}' is not one of auto, cpu, cuda")
         if not 0.0 <= compression_ratio < 1.0:
             raise ValueError(f"compression_ratio {compression_ratio} is outside [0, 1)")
         if window < 1:
@@ -47,6 +53,7 @@ class CompressionConfig:
             raise ValueError(f"decode_interval {decode_interval} must be >= 0")
         self.spec, self.compression_ratio, self.window = spec, float(compression_ratio), int(window)
         self.decode_interval, self.num_layers, self.threads = int(decode_interval), int(num_layers), int(threads)
+        self.backend = backend
 
 
 class SimCalKVLayer(DynamicLayer):
@@ -56,7 +63,9 @@ class SimCalKVLayer(DynamicLayer):
         super().__init__()
         self.compression = config
         self.layer_idx = layer_idx
-        self.rows: list[RaggedLayer] | None = None  # one per sequence once compressed
+        self.rows: list[RaggedLayer] | None = None  # one per sequence once compressed (CPU kernels)
+        self.batch: cuda_batch.CudaRaggedBatch | None = None  # or the whole batch (CUDA kernels)
+        self.compress_seconds = None  # CUDA events around the last compression (start, end)
         self.seen = 0  # tokens seen (the next token's position)
         self.window_queries: list[torch.Tensor] = []  # recent decode queries, for decode_interval
         self.target: list[int] = []  # per row: entries per head the prefill compression kept
@@ -65,7 +74,10 @@ class SimCalKVLayer(DynamicLayer):
     # --- the CacheLayerMixin surface -------------------------------------------------------
     def update(self, key_states, value_states, *args, **kwargs):
         t = key_states.shape[-2]
-        if self.rows is None:
+        if self.batch is not None:
+            self.batch.append(key_states, value_states, self.seen)
+            keys, values = key_states, value_states
+        elif self.rows is None:
             keys, values = super().update(key_states, value_states, *args, **kwargs)
         else:
             positions = torch.arange(self.seen, self.seen + t, dtype=torch.int32)
@@ -76,6 +88,10 @@ class SimCalKVLayer(DynamicLayer):
         keys._simcalkv_layer = self  # read by the attention function
         return keys, values
 
+    @property
+    def compressed(self) -> bool:
+        return self.rows is not None or self.batch is not None
+
     def get_seq_length(self) -> int:
         return self.seen
 
@@ -83,30 +99,34 @@ class SimCalKVLayer(DynamicLayer):
         return self.seen + query_length, 0
 
     def crop(self, tokens_to_remove: int) -> None:
-        if self.rows is not None:
+        if self.compressed:
             raise NotImplementedError("simcalkv: a compressed layer cannot be cropped")
         super().crop(tokens_to_remove)
         self.seen = super().get_seq_length()
 
     def reorder_cache(self, beam_idx):
-        if self.rows is not None:
+        if self.compressed:
             raise NotImplementedError("simcalkv: a compressed layer cannot be reordered (no beam search)")
         super().reorder_cache(beam_idx)
 
     def offload(self):
-        if self.rows is not None:
+        if self.compressed:
             raise NotImplementedError("simcalkv: a compressed layer cannot be offloaded")
         super().offload()
 
     # --- memory --------------------------------------------------------------------------
     def nbytes(self) -> int:
         """Bytes this layer holds on its device."""
+        if self.batch is not None:
+            return self.batch.nbytes()
         if self.rows is None:
             return 0 if self.keys is None else self.keys.numel() * self.keys.element_size() * 2
         return sum(r.nbytes() for r in self.rows)
 
     def kept_lengths(self) -> list[list[int]]:
         """Entries per head of every row."""
+        if self.batch is not None:
+            return self.batch.kept_lengths()
         return [r.lengths.tolist() for r in self.rows] if self.rows is not None else []
 
     # --- compression ---------------------------------------------------------------------
@@ -116,6 +136,24 @@ class SimCalKVLayer(DynamicLayer):
         n = self.seen
         w = min(c.window, query.shape[-2], n)
         window_positions = torch.arange(n - w, n, dtype=torch.int32)
+        if c.backend != "cpu" and cuda_batch.eligible(self.keys, query.shape[1], c.spec):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            batch = cuda_batch.CudaRaggedBatch(self.keys, self.values)
+            if c.compression_ratio > 0:
+                batch.compress(query[:, :, -w:], window_positions.to(query.device), c.spec, c.compression_ratio)
+            end.record()
+            self.compress_seconds = (start, end)
+            self.batch = batch
+            self.target = [int(round(float(torch.tensor(r, dtype=torch.float64).mean()))) for r in batch.kept_lengths()]
+            self.keys = torch.zeros(0, dtype=self.dtype, device=self.device)
+            self.values = torch.zeros(0, dtype=self.dtype, device=self.device)
+            # a copy: a view would keep the whole prompt's queries alive
+            self.window_queries = [query[:, :, -w:].detach().clone()] if c.decode_interval > 0 else []
+            return
+        if c.backend == "cuda":
+            raise ValueError(f"simcalkv: backend 'cuda' cannot run spec '{c.spec}' on {self.keys.dtype} "
+                             f"{self.keys.device} keys of head_dim {self.keys.shape[-1]}")
         rows = []
         for b in range(self.keys.shape[0]):
             row = RaggedLayer.from_dense(self.keys[b], self.values[b])
@@ -127,7 +165,8 @@ class SimCalKVLayer(DynamicLayer):
         self.target = [int(r.lengths.float().mean().round()) for r in rows]
         self.keys = torch.zeros(0, dtype=self.dtype, device=self.device)  # the dense prompt is released
         self.values = torch.zeros(0, dtype=self.dtype, device=self.device)
-        self.window_queries = [query[:, :, -w:].detach()]
+        # a copy: a view would keep the whole prompt's queries alive
+            self.window_queries = [query[:, :, -w:].detach().clone()] if c.decode_interval > 0 else []
 
     def after_decode(self, query: torch.Tensor) -> None:
         """Records decode queries and re-compresses every `decode_interval` tokens."""
@@ -143,6 +182,12 @@ class SimCalKVLayer(DynamicLayer):
         self.since_compression = 0
         w = recent.shape[-2]
         window_positions = torch.arange(self.seen - w, self.seen, dtype=torch.int32)
+        if self.batch is not None:
+            mean = float(self.batch.host_lengths.double().mean())
+            ratio = max(0.0, 1.0 - (sum(self.target) / len(self.target)) / mean) if mean > 0 else 0.0
+            if ratio > 0:
+                self.batch.compress(recent, window_positions.to(recent.device), c.spec, ratio)
+            return
         for b, row in enumerate(self.rows):
             mean = float(row.lengths.float().mean())
             ratio = max(0.0, 1.0 - self.target[b] / mean) if mean > 0 else 0.0
@@ -156,8 +201,8 @@ class SimCalKVCache(DynamicCache):
     Pass it as `past_key_values` with `attn_implementation="simcalkv"` (call `register()` first)."""
 
     def __init__(self, num_layers: int, spec: str = "SimCalKV", compression_ratio: float = 0.5,
-                 window: int = 32, decode_interval: int = 0, threads: int = 1):
-        config = CompressionConfig(spec, compression_ratio, window, decode_interval, num_layers, threads)
+                 window: int = 32, decode_interval: int = 0, threads: int = 1, backend: str = "auto"):
+        config = CompressionConfig(spec, compression_ratio, window, decode_interval, num_layers, threads, backend)
         super().__init__()
         self.layers = [SimCalKVLayer(config, i) for i in range(num_layers)]
         self.layer_class_to_replicate = None
@@ -183,6 +228,14 @@ def simcalkv_attention(module, query, key, value, attention_mask, dropout: float
         if layer is not None and q_len > 1 and layer.seen == key.shape[-2] == q_len:
             layer.compress_prefill(query)  # the end of the prefill: the whole prompt in one call
         return out, weights
+    if layer.batch is not None:
+        if q_len == 1:
+            out = layer.batch.decode(query[:, :, 0], scaling).unsqueeze(1)  # [b, 1, Hq, d]
+        else:
+            positions = torch.arange(layer.seen - q_len, layer.seen, dtype=torch.int32, device=query.device)
+            out = layer.batch.attend(query, positions, scaling).to(query.dtype).transpose(1, 2).contiguous()
+        layer.after_decode(query)
+        return out.to(query.dtype), None
     positions = torch.arange(layer.seen - q_len, layer.seen, dtype=torch.int32)
     outs = [row.attend(query[b], positions, scaling) for b, row in enumerate(layer.rows)]
     out = torch.stack(outs).to(query.dtype)  # [b, Hq, q, d]
@@ -203,6 +256,13 @@ def set_attention(model, name: str) -> None:
 def register() -> str:
     """Registers the "simcalkv" attention function with transformers; returns its name."""
     AttentionInterface.register(ATTENTION_NAME, simcalkv_attention)
+    # The masks SDPA takes (none at all for an unpadded causal prefill, so SDPA runs is_causal),
+    # not the eager [n, n] float mask an unknown implementation name would get.
+    try:
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
+    except ImportError:
+        pass
     return ATTENTION_NAME
 
 
@@ -214,10 +274,10 @@ class SimCalKVPress:
     attention implementation is restored."""
 
     def __init__(self, spec: str = "SimCalKV", compression_ratio: float = 0.5, window: int = 32,
-                 decode_interval: int = 0, threads: int = 1):
+                 decode_interval: int = 0, threads: int = 1, backend: str = "auto"):
         self.spec, self.compression_ratio, self.window = spec, compression_ratio, window
-        self.decode_interval, self.threads = decode_interval, threads
-        CompressionConfig(spec, compression_ratio, window, decode_interval)  # validate now
+        self.decode_interval, self.threads, self.backend = decode_interval, threads, backend
+        CompressionConfig(spec, compression_ratio, window, decode_interval, backend=backend)  # validate now
 
     @contextmanager
     def __call__(self, model):
@@ -225,7 +285,7 @@ class SimCalKVPress:
         language_model = model.model.language_model if hasattr(model.model, "language_model") else model.model
         attention_layers = [layer.self_attn for layer in language_model.layers]
         config = CompressionConfig(self.spec, self.compression_ratio, self.window, self.decode_interval,
-                                   len(attention_layers), self.threads)
+                                   len(attention_layers), self.threads, self.backend)
 
         def install(module, args, kwargs):
             cache = kwargs.get("past_key_values")
