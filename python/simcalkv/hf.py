@@ -166,7 +166,7 @@ class SimCalKVLayer(DynamicLayer):
         self.keys = torch.zeros(0, dtype=self.dtype, device=self.device)  # the dense prompt is released
         self.values = torch.zeros(0, dtype=self.dtype, device=self.device)
         # a copy: a view would keep the whole prompt's queries alive
-            self.window_queries = [query[:, :, -w:].detach().clone()] if c.decode_interval > 0 else []
+        self.window_queries = [query[:, :, -w:].detach().clone()] if c.decode_interval > 0 else []
 
     def after_decode(self, query: torch.Tensor) -> None:
         """Records decode queries and re-compresses every `decode_interval` tokens."""
