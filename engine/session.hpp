@@ -24,23 +24,20 @@ namespace engine {
 
 using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-/// Y[m][rows] = X[m][cols] * W^T (+ b). Small m: row blocks of W on all threads (GEMV is memory
-/// bound); larger m: one Eigen GEMM (itself parallel).
+/// Y[m][rows] = X[m][cols] * W^T (+ b), on all threads over fixed blocks of W's rows, each block one
+/// single-threaded Eigen product. Fixed blocks, not Eigen's own parallel GEMM: Eigen sizes its depth
+/// blocking by the thread count, which changes the order of summation and so the logits (in the last
+/// bits) with the number of threads; a block's product is the same whatever runs beside it.
 inline void linear(const float* X, int m, const float* W, const float* bias, int rows, int cols, float* Y) {
   Eigen::Map<const RowMat> x(X, m, cols);
   Eigen::Map<RowMat> y(Y, m, rows);
-  if (m <= 4) {
-    const int block = 64;
-    const int nblocks = (rows + block - 1) / block;
+  const int block = m <= 4 ? 64 : 256;  // small m is memory bound (GEMV): more, smaller blocks
+  const int nblocks = (rows + block - 1) / block;
 #pragma omp parallel for schedule(static)
-    for (int bi = 0; bi < nblocks; ++bi) {
-      const int r0 = bi * block, r = std::min(block, rows - r0);
-      Eigen::Map<const RowMat> w(W + static_cast<std::size_t>(r0) * cols, r, cols);
-      y.middleCols(r0, r).noalias() = x * w.transpose();
-    }
-  } else {
-    Eigen::Map<const RowMat> w(W, rows, cols);
-    y.noalias() = x * w.transpose();
+  for (int bi = 0; bi < nblocks; ++bi) {
+    const int r0 = bi * block, r = std::min(block, rows - r0);
+    Eigen::Map<const RowMat> w(W + static_cast<std::size_t>(r0) * cols, r, cols);
+    y.middleCols(r0, r).noalias() = x * w.transpose();
   }
   if (bias)
     for (int t = 0; t < m; ++t)
@@ -147,6 +144,41 @@ class Session {
     }
     return n;
   }
+  /// Layer l's accumulated attention scores [kv_head][n] (empty when the session keeps none).
+  std::vector<float> kv_scores(int l) {
+    if (!options_.track_scores) return {};
+    const auto heads = static_cast<std::size_t>(model_.config.num_kv_heads);
+    std::vector<float> out;
+    for (std::size_t h = 0; h < heads; ++h) {
+      if (paged_) {
+        const auto& layer = paged_->layer(l);
+        for (std::size_t j = 0; j < layer.lengths[h]; ++j) out.push_back(*layer.entry(h, j).score);
+      } else {
+        const auto& view = cache_.head(l, static_cast<int>(h));
+        out.insert(out.end(), view.scores, view.scores + view.length);
+      }
+    }
+    return out;
+  }
+  /// Puts back what kv_scores(l) returned (after kv_append of the same entries).
+  void kv_set_scores(int l, std::span<const float> scores) {
+    if (!options_.track_scores) return;
+    const auto heads = static_cast<std::size_t>(model_.config.num_kv_heads);
+    std::size_t i = 0;
+    for (std::size_t h = 0; h < heads; ++h) {
+      if (paged_) {
+        auto& layer = paged_->layer(l);
+        if (i + layer.lengths[h] > scores.size()) fail("kv_set_scores: too few scores for layer ", l);
+        for (std::size_t j = 0; j < layer.lengths[h]; ++j) *layer.entry(h, j).score = scores[i++];
+      } else {
+        auto& view = cache_.head(l, static_cast<int>(h));
+        if (i + view.length > scores.size()) fail("kv_set_scores: too few scores for layer ", l);
+        std::copy_n(scores.data() + i, view.length, view.scores);
+        i += view.length;
+      }
+    }
+    if (i != scores.size()) fail("kv_set_scores: ", scores.size(), " scores for ", i, " entries of layer ", l);
+  }
   void kv_clear() { paged_ ? paged_->clear() : cache_.clear(); }
   void kv_append(int l, std::size_t n, std::span<const T> keys, std::span<const T> values) {
     if (paged_)
@@ -193,6 +225,24 @@ class Session {
   std::vector<float> decode(int id) {
     const int one[1] = {id};
     return forward(std::span<const int>(one, 1), -1, 0, 0, nullptr, 1);
+  }
+
+  /// Teacher-forced tokens after the prompt (or after a compression) in one forward pass: each token
+  /// attends to the cache and the tokens before it; returns the logits of every token [m][vocab].
+  /// Not with a decode driver (it compresses per generated token).
+  std::vector<float> extend(std::span<const int> ids) {
+    if (ids.empty()) fail("extend: no tokens");
+    if (window_tokens_ == 0) fail("extend: no prompt has been prefilled");
+    if (driver_) fail("extend: a decode driver is enabled; feed tokens with decode()");
+    const int m = static_cast<int>(ids.size());
+    std::vector<float> logits;
+    const int chunk = std::max(1, options_.chunk);
+    for (int s = 0; s < m; s += chunk) {
+      const int k = std::min(chunk, m - s);
+      auto out = forward(ids.subspan(static_cast<std::size_t>(s), static_cast<std::size_t>(k)), -1, 0, 0, nullptr, k);
+      logits.insert(logits.end(), out.begin(), out.end());
+    }
+    return logits;
   }
 
   /// Compresses every layer with `policy` using the prompt's last W queries as the window.

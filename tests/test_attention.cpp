@@ -76,6 +76,41 @@ TEST_CASE("attention accumulates probabilities into the score buffer", "[attenti
   CHECK(total == Approx(2.0).epsilon(1e-5));
 }
 
+TEST_CASE("block attention accumulates each token's group-mean probability, as decode steps do", "[attention]") {
+  // H2O's accumulated attention: a block of m tokens adds m (each token's G rows averaged), the same
+  // as m decode steps, entry by entry.
+  const int G = 3, dim = 32, m = 6;
+  const std::size_t n = 30;
+  Layer<float> block_layer(1, dim, n), step_layer(1, dim, n);
+  block_layer.fill_random(n, 9);
+  step_layer.fill_random(n, 9);
+  auto& bh = block_layer.views[0];
+  auto& sh = step_layer.views[0];
+  testing::Rng rng(4);
+  std::vector<float> q(static_cast<std::size_t>(G * m * dim)), out(q.size());
+  for (auto& x : q) x = rng.normal();
+  std::vector<Position> pos;
+  for (int t = 0; t < m; ++t) pos.push_back(static_cast<Position>(n) - m + t);
+  AttentionOptions acc;
+  acc.accumulate_scores = true;
+  block_attention(bh, q, G, pos, out, acc);
+  double total = 0;
+  for (std::size_t j = 0; j < n; ++j) total += bh.scores[j];
+  CHECK(total == Approx(static_cast<double>(m)).epsilon(1e-5));
+  std::vector<float> q1(static_cast<std::size_t>(G * dim)), o1(q1.size());
+  for (int t = 0; t < m; ++t) {
+    for (int g = 0; g < G; ++g)
+      std::copy_n(q.data() + (g * m + t) * dim, dim, q1.data() + g * dim);
+    auto visible = sh;
+    visible.length = n - static_cast<std::size_t>(m - 1 - t);  // the token sees positions <= its own
+    decode_attention(visible, q1, G, o1, acc);
+  }
+  for (std::size_t j = 0; j < n; ++j) {
+    INFO("entry " << j);
+    CHECK(bh.scores[j] == Approx(sh.scores[j]).margin(1e-6).epsilon(1e-4));
+  }
+}
+
 TEST_CASE("attention rejects bad input with a clear message", "[attention][validation]") {
   Layer<float> layer(1, 64, 10);
   layer.fill_random(10, 1);

@@ -51,6 +51,9 @@ class AnyPolicy {
   [[nodiscard]] std::string_view name() const noexcept { return impl_->name(); }
   /// The specification it was built from, e.g. "SimCalKV:bias=log_count".
   [[nodiscard]] const std::string& spec() const noexcept { return spec_; }
+  /// Whether the policy selects by attention accumulated in head.scores (policy_reads_accumulated_scores):
+  /// a host keeps score buffers and accumulates them in its attention for it.
+  [[nodiscard]] bool reads_accumulated_scores() const noexcept { return impl_->reads_accumulated_scores(); }
   /// The wrapped policy, if it is a P.
   template <class P>
   [[nodiscard]] const P* target() const noexcept {
@@ -69,6 +72,7 @@ class AnyPolicy {
     virtual LayerPlan plan(const LayerRequest<half>&, Workspace&, const Budgets*) const = 0;
     virtual LayerPlan plan(const LayerRequest<bfloat16>&, Workspace&, const Budgets*) const = 0;
     [[nodiscard]] virtual std::string_view name() const noexcept = 0;
+    [[nodiscard]] virtual bool reads_accumulated_scores() const noexcept = 0;
   };
   template <class P>
   struct Model final : Concept {
@@ -100,6 +104,9 @@ class AnyPolicy {
       return plan_of(r, w, b);
     }
     [[nodiscard]] std::string_view name() const noexcept override { return policy.name(); }
+    [[nodiscard]] bool reads_accumulated_scores() const noexcept override {
+      return policy_reads_accumulated_scores<P>();
+    }
     P policy;
   };
 

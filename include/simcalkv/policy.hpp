@@ -29,6 +29,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 namespace simcalkv {
@@ -172,4 +173,19 @@ void validate_request(const LayerRequest<T>& request, const std::string& who, st
 }
 
 }  // namespace detail
+
+/// Whether the policy selects by attention the host accumulates in head.scores over every query it
+/// ran (`static constexpr bool reads_accumulated_scores = true`, H2O), looking through wrappers
+/// (AdaKV, layer schedules) to the policy they wrap. A host then keeps score buffers and runs its
+/// attention with AttentionOptions::accumulate_scores, in prefill and decode.
+template <class P>
+constexpr bool policy_reads_accumulated_scores() {
+  if constexpr (requires { P::reads_accumulated_scores; })
+    return P::reads_accumulated_scores;
+  else if constexpr (requires(const P& p) { p.inner(); })
+    return policy_reads_accumulated_scores<std::decay_t<decltype(std::declval<const P&>().inner())>>();
+  else
+    return false;
+}
+
 }  // namespace simcalkv

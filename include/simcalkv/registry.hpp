@@ -1,6 +1,12 @@
 // simcalkv: building a policy from a name and an option string, e.g.
 // "SimCalKV:bias=log_count,search=local:64". Names are case-insensitive and spelled as in the
 // paper's harness; unknown names and options are errors that list what exists.
+//
+// The registry instantiates every policy for every storage type: the costliest thing to compile in
+// a program that includes it. A program that includes it from many files can compile it once:
+// define SIMCALKV_COMPILED_REGISTRY for every file and add one file that defines
+// SIMCALKV_REGISTRY_DEFINITION too and includes this header (the project's programs do that with
+// src/registry.cpp, the simcalkv_registry target). Without the macro, everything here is inline.
 #pragma once
 
 #include "simcalkv/any_policy.hpp"
@@ -39,6 +45,22 @@ struct PolicyEntry {
   std::string summary;
   std::function<AnyPolicy(PolicyOptions&)> make;
 };
+
+#if defined(SIMCALKV_COMPILED_REGISTRY) && !defined(SIMCALKV_REGISTRY_DEFINITION)
+
+/// Every registered policy, in a stable order (defined in the registry's own file).
+const std::vector<PolicyEntry>& policy_registry();
+std::vector<std::string> policy_names();
+/// Builds a policy from "Name" or "Name:key=value,key=value".
+AnyPolicy make_policy(std::string_view spec);
+
+#else
+
+#ifdef SIMCALKV_COMPILED_REGISTRY
+#define SIMCALKV_REGISTRY_INLINE
+#else
+#define SIMCALKV_REGISTRY_INLINE inline
+#endif
 
 namespace detail {
 
@@ -136,7 +158,7 @@ inline std::optional<AnyPolicy> make_adakv_composition(const std::string& name, 
 }  // namespace detail
 
 /// Every registered policy, in a stable order.
-inline const std::vector<PolicyEntry>& policy_registry() {
+SIMCALKV_REGISTRY_INLINE const std::vector<PolicyEntry>& policy_registry() {
   static const std::vector<PolicyEntry> entries = [] {
     std::vector<PolicyEntry> e;
     e.push_back({"Full", "no compression", [](PolicyOptions&) { return AnyPolicy(Full{}); }});
@@ -199,14 +221,14 @@ inline const std::vector<PolicyEntry>& policy_registry() {
   return entries;
 }
 
-inline std::vector<std::string> policy_names() {
+SIMCALKV_REGISTRY_INLINE std::vector<std::string> policy_names() {
   std::vector<std::string> names;
   for (const auto& e : policy_registry()) names.push_back(e.name);
   return names;
 }
 
 /// Builds a policy from "Name" or "Name:key=value,key=value".
-inline AnyPolicy make_policy(std::string_view spec) {
+SIMCALKV_REGISTRY_INLINE AnyPolicy make_policy(std::string_view spec) {
   const auto colon = spec.find(':');
   const std::string name(spec.substr(0, colon));
   const std::string_view options = colon == std::string_view::npos ? std::string_view{} : spec.substr(colon + 1);
@@ -220,5 +242,8 @@ inline AnyPolicy make_policy(std::string_view spec) {
   if (auto composed = detail::make_adakv_composition(name, options, spec)) return *composed;
   detail::fail(ErrorCode::invalid_argument, "unknown policy '", name, "'; policies: ", join(policy_names()));
 }
+
+#undef SIMCALKV_REGISTRY_INLINE
+#endif  // SIMCALKV_COMPILED_REGISTRY && !SIMCALKV_REGISTRY_DEFINITION
 
 }  // namespace simcalkv

@@ -17,6 +17,7 @@
 #include "scoring.hpp"
 #include "split.hpp"
 
+#include <algorithm>
 #include <simcalkv/executor.hpp>
 #include <simcalkv/registry.hpp>
 
@@ -130,9 +131,14 @@ int run(const Plan& plan, const engine::Model& model, const engine::Tokenizer& t
   const simcalkv::ThreadExecutor executor(a.threads > 0 ? a.threads : 1);
   const simcalkv::Executor* exec = &executor;
 #endif
+  // Score buffers accumulated over the whole prefill only when a method selects by them (H2O):
+  // they cost 4 bytes an entry and serialise a chunk's attention per KV head.
+  const bool track_scores = std::any_of(plan.policies.begin(), plan.policies.end(),
+                                        [](const simcalkv::AnyPolicy& p) { return p.reads_accumulated_scores(); });
   Runner<T> runner(model, tok,
                    {a.window, a.chunk, exec,
-                    a.kv_layout == "paged" ? engine::KVLayout::paged : engine::KVLayout::compact, &g_stop});
+                    a.kv_layout == "paged" ? engine::KVLayout::paged : engine::KVLayout::compact, &g_stop,
+                    track_scores});
 
   const std::size_t M = plan.methods.size(), R = a.compress_ratios.size();
   std::vector<Group> groups;

@@ -110,6 +110,7 @@ class Runner {
     const Executor* executor = nullptr;
     engine::KVLayout layout = engine::KVLayout::compact;  // where the session keeps the cache
     const std::atomic<bool>* stop = nullptr;  // set by SIGINT: decoding returns early, marked interrupted
+    bool track_scores = false;  // accumulate attention over the prefill for policies that read it (H2O)
   };
 
   Runner(const engine::Model& model, const engine::Tokenizer& tok, Options opt)
@@ -130,7 +131,7 @@ class Runner {
     engine::SessionOptions so;
     so.chunk = opt_.chunk;
     so.window = opt_.window;
-    so.track_scores = false;
+    so.track_scores = opt_.track_scores;
     so.layout = opt_.layout;
     session_ = std::make_unique<engine::Session<T>>(model_, so);
     const auto t0 = std::chrono::steady_clock::now();
@@ -189,16 +190,22 @@ class Runner {
     const auto& c = model_.config;
     keys_.assign(static_cast<std::size_t>(c.num_layers), {});
     values_.assign(static_cast<std::size_t>(c.num_layers), {});
-    for (int l = 0; l < c.num_layers; ++l)
+    scores_.assign(static_cast<std::size_t>(c.num_layers), {});
+    for (int l = 0; l < c.num_layers; ++l) {
       n_ = session_->kv_copy(l, keys_[static_cast<std::size_t>(l)], values_[static_cast<std::size_t>(l)]);
+      scores_[static_cast<std::size_t>(l)] = session_->kv_scores(l);
+    }
   }
 
-  /// Puts the cache back as prefill left it: the same keys and values (bit for bit), positions 0..n-1, zero biases.
+  /// Puts the cache back as prefill left it: the same keys, values and scores (bit for bit), positions 0..n-1, zero
+  /// biases.
   void restore() {
     session_->kv_clear();
-    for (int l = 0; l < model_.config.num_layers; ++l)
+    for (int l = 0; l < model_.config.num_layers; ++l) {
       session_->kv_append(l, n_, std::span<const T>(keys_[static_cast<std::size_t>(l)]),
                           std::span<const T>(values_[static_cast<std::size_t>(l)]));
+      session_->kv_set_scores(l, scores_[static_cast<std::size_t>(l)]);
+    }
   }
 
   const engine::Model& model_;
@@ -208,6 +215,7 @@ class Runner {
   std::vector<float> logits_;
   std::size_t n_ = 0;
   std::vector<std::vector<T>> keys_, values_;
+  std::vector<std::vector<float>> scores_;  // accumulated attention, when tracked
 };
 
 }  // namespace simcalkv::eval

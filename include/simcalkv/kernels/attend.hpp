@@ -26,9 +26,13 @@ namespace simcalkv {
 struct AttentionOptions {
   /// Logit scale; 0 means 1/sqrt(head_dim).
   float scale = 0.0f;
-  /// Add each entry's probability, averaged over the query rows, to head.scores (which must be
-  /// set). H2O-style accumulated scores and decode-time policies read it.
+  /// Add each entry's probability, weighted by score_row_weight per query row, to head.scores
+  /// (which must be set). H2O-style accumulated scores and decode-time policies read it.
   bool accumulate_scores = false;
+  /// Weight of one row's probabilities in head.scores; 0 means 1 / rows (the mean over the rows).
+  /// block_attention sets 1 / G, so a block of m tokens adds the sum over its tokens of the
+  /// group-mean probability, as m decode steps would (H2O's accumulated attention).
+  float score_row_weight = 0.0f;
 };
 
 namespace kernels {
@@ -347,7 +351,7 @@ inline void attend(const HeadView<T>* segments, std::size_t num_segments, const 
   }
 
   if (all_logits) {
-    const float row_weight = 1.0f / static_cast<float>(R);
+    const float row_weight = options.score_row_weight > 0.0f ? options.score_row_weight : 1.0f / static_cast<float>(R);
     for (std::size_t r = 0; r < R; ++r) {
       if (running_sum[r] <= 0.0f) continue;
       const float* lr = all_logits + r * n;

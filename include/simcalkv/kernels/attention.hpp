@@ -110,7 +110,11 @@ void block_attention(std::span<const HeadView<T>> segments, std::span<const floa
     std::copy(query_positions.begin(), query_positions.end(), row_positions.begin() + static_cast<std::ptrdiff_t>(g * m));
   kernels::AttentionRows rows{queries.data(), d, row_positions.data(), static_cast<int>(row_positions.size()),
                               out.data(), d};
-  kernels::attend_rows(segments, rows, options);
+  // Accumulated scores: each token adds its group-mean probability, as a decode step does (the
+  // default, the mean over all G * m rows, would count a block of m tokens as one).
+  AttentionOptions per_token = options;
+  if (per_token.score_row_weight <= 0.0f) per_token.score_row_weight = 1.0f / static_cast<float>(num_query_heads);
+  kernels::attend_rows(segments, rows, per_token);
 }
 template <StorageElement T>
 void block_attention(const HeadView<T>& head, std::span<const float> queries, int num_query_heads,

@@ -10,10 +10,13 @@
 // the paper's rule exactly; the first tokens are heavy hitters anyway).
 //
 // Where a_j comes from:
-//  - head.scores, when the head has a score buffer holding anything nonzero. The host accumulates
-//    it during decode (decode_attention with AttentionOptions::accumulate_scores) and, ideally,
-//    during prefill.
-//  - otherwise (no buffer, or all zeros, e.g. right after prefill) the observation window's
+//  - head.scores, when the head has a score buffer holding anything nonzero: the paper's rule. The
+//    host accumulates it over every prefill query and every decode step (its attention with
+//    AttentionOptions::accumulate_scores; block_attention weighs each token's group-mean
+//    probability 1, as a decode step does). H2O says so (reads_accumulated_scores, and
+//    AnyPolicy::reads_accumulated_scores), and the engine, simcalkv-eval and simcalkv-perplexity
+//    keep score buffers for it.
+//  - otherwise (no buffer, or all zeros: a host that keeps no scores) the observation window's
 //    attention: a_j = sum over the W window queries of the mean over the group of softmax_j, i.e.
 //    the accumulated attention of those W queries. With seed_scores (default) the kept entries'
 //    head.scores are then set to these values, so accumulation continues from the prefill's
@@ -49,6 +52,8 @@ class H2O : public StagedPolicy<H2O> {
     detail::require(options.recent_tokens >= -1, ErrorCode::invalid_argument, "H2O: recent must be -1 or more");
   }
 
+  /// Selects by head.scores, accumulated by the host over all its queries (see above).
+  static constexpr bool reads_accumulated_scores = true;
   [[nodiscard]] std::string_view name() const noexcept { return "H2O"; }
   [[nodiscard]] const H2OOptions& options() const noexcept { return options_; }
   /// Entries every budget must keep: the sinks and a fixed recent count (a budget-relative recent
