@@ -223,7 +223,8 @@ TEST_CASE("DecodeDriver budgets: entries, or a fraction of the prompt fixed at t
 
 TEST_CASE("H2O, TOVA and SimCalKV in decode mode: budgets, positions, thread count", "[decode]") {
   const ThreadExecutor two(2);
-  for (const char* spec : {"H2O", "TOVA", "SimCalKV", "SnapKV", "PyramidInfer"}) {
+  // TOVA with the sinks and the window protected: the loop checks that they survive.
+  for (const char* spec : {"H2O", "TOVA:sinks=4,recent=-1", "SimCalKV", "SnapKV", "PyramidInfer"}) {
     for (const std::size_t slack : {std::size_t{0}, std::size_t{8}}) {
       INFO(spec << " slack " << slack);
       const DecodeOptions options{Budget::entries(32), slack, 8, true};
@@ -232,13 +233,11 @@ TEST_CASE("H2O, TOVA and SimCalKV in decode mode: budgets, positions, thread cou
       const auto b = run_decode(make_policy(spec), options, 48, steps, &two);
       CHECK(a.final_state == b.final_state);
       CHECK(a.compressions == b.compressions);
-      if (std::string(spec) == "PyramidInfer") {
-        // Geometric layer budgets around the base 32: layer 0 keeps 33, layer 1 31 (12 protected).
-        CHECK(layer_budgets(LayerSchedule::geometric(0.9), kLayers, 32, 100, 12) == std::vector<std::size_t>{33, 31});
-        CHECK(a.max_length == 33 + slack);
-        for (std::size_t i = 0; i < a.final_state.lengths.size(); ++i)
-          CHECK(a.final_state.lengths[i] <= (i < kKV ? 33u : 31u) + slack);
-      } else {
+      // PyramidInfer's compounded cosine schedule keeps layer 0 whole (r_0 = 1), so at two layers
+      // its budgets are uniform; longer models are checked in test_eviction_policies.cpp.
+      if (std::string(spec) == "PyramidInfer")
+        CHECK(layer_budgets(LayerSchedule::compound_cosine(0.9), kLayers, 32, 100, 14) == std::vector<std::size_t>{32, 32});
+      {
         CHECK(a.max_length == 32 + slack);
         // Uniform budgets: every compression leaves exactly the budget.
         CHECK(a.compressions == static_cast<std::size_t>(kLayers) * (1 + steps / (slack + 1)));
@@ -250,7 +249,8 @@ TEST_CASE("H2O, TOVA and SimCalKV in decode mode: budgets, positions, thread cou
 
 TEST_CASE("per-step H2O evicts the lowest accumulated score; per-step TOVA the lowest newest attention",
           "[decode]") {
-  for (const char* spec : {"H2O", "TOVA"}) {
+  // TOVA per KV head with 4 sinks and the window protected (the expected victims below are per head).
+  for (const char* spec : {"H2O", "TOVA:select=head,sinks=4,recent=-1"}) {
     INFO(spec);
     const bool h2o = std::string(spec) == "H2O";
     const std::size_t B = 32, W = 8;

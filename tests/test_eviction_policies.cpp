@@ -337,25 +337,38 @@ TEST_CASE("TOVA keeps the top entries under the newest query, group-averaged, GQ
   window.set(3, 1, 1, 4.0f);
   Workspace ws;
 
-  SECTION("the paper's rule (nothing protected)") {
-    TOVAOptions o;
-    o.sink_tokens = 0;
-    o.recent_tokens = 0;
-    TOVA(o).compress(request_for(layer, window.view(), Budget::entries(2)), ws);
+  SECTION("the paper's rule: one set for the layer, by all query heads' mean, nothing protected") {
+    CHECK(TOVA().protection(window.view()).count(n) == 0);
+    CHECK(TOVA().selects_per_layer());
+    // Query head 2 now wants axis 0 as much as axis 1: over all four heads, 3 and 7 get more
+    // than 5 and 9, and both KV heads keep {3, 7}, although KV head 1's own group prefers 5 and 9.
+    window.set(2, 1, 0, 4.0f);
+    const LayerPlan plan = TOVA().plan(request_for(layer, window.view(), Budget::entries(2)), ws);
+    CHECK(plan.shared_selection);
+    TOVA().compress(request_for(layer, window.view(), Budget::entries(2)), ws);
+    CHECK(kept_positions(layer.views[0]) == std::vector<Position>{3, 7});
+    CHECK(kept_positions(layer.views[1]) == std::vector<Position>{3, 7});
+  }
+  SECTION("select=head: a set per KV head, by its group's mean (GQA-paired)") {
+    const auto tova = make_policy("TOVA:select=head");
+    tova.compress(request_for(layer, window.view(), Budget::entries(2)), ws);
     CHECK(kept_positions(layer.views[0]) == std::vector<Position>{3, 7});  // newest query only
     CHECK(kept_positions(layer.views[1]) == std::vector<Position>{5, 9});  // query heads 2, 3, not 1
   }
-  SECTION("defaults protect 4 sinks and the window's length") {
-    CHECK(TOVA().protection(window.view()).sinks == 4);
-    CHECK(TOVA().protection(window.view()).recent == 2);
-    TOVA().compress(request_for(layer, window.view(), Budget::entries(8)), ws);
+  SECTION("sinks=4,recent=-1 protect 4 sinks and the window's length") {
+    TOVAOptions o;
+    o.sink_tokens = 4;
+    o.recent_tokens = -1;
+    o.per_layer = false;
+    CHECK(TOVA(o).protection(window.view()).sinks == 4);
+    CHECK(TOVA(o).protection(window.view()).recent == 2);
+    TOVA(o).compress(request_for(layer, window.view(), Budget::entries(8)), ws);
     // Two free slots: entry 7, then the earliest of the equal rest, 4.
     CHECK(kept_positions(layer.views[0]) == std::vector<Position>{0, 1, 2, 3, 4, 7, 14, 15});
   }
   SECTION("mean over the group: an entry one query head wants beats one no head wants") {
     TOVAOptions o;
-    o.sink_tokens = 0;
-    o.recent_tokens = 0;
+    o.per_layer = false;
     window.set(1, 1, 1, 4.0f);  // KV head 0: query head 0 wants 3 and 7, query head 1 wants 5 and 9
     TOVA(o).compress(request_for(layer, window.view(), Budget::entries(4)), ws);
     CHECK(kept_positions(layer.views[0]) == std::vector<Position>{3, 5, 7, 9});
@@ -376,16 +389,56 @@ TEST_CASE("PyramidInfer weights recent queries more and shrinks budgets with dep
     spike(layer, 0, 6, 1, 8.0f);
     PyramidInferOptions o;
     o.sink_tokens = 0;
+    o.recent_ratio = 0.0;  // the newest entry alone is protected
     o.distance_weight = weight;
-    PyramidInfer(o).compress(request_for(layer, window.view(), Budget::entries(3)), ws);
+    PyramidInfer(o).compress(request_for(layer, window.view(), Budget::entries(2)), ws);
     INFO("distance_weight " << weight);
-    CHECK(kept_positions(layer.views[0]) == (weight > 1.0 ? std::vector<Position>{6, 10, 11}
-                                                          : std::vector<Position>{4, 10, 11}));
+    CHECK(kept_positions(layer.views[0]) == (weight > 1.0 ? std::vector<Position>{6, 11}
+                                                          : std::vector<Position>{4, 11}));
   }
 
-  SECTION("geometric layer budgets with the uniform total") {
-    const int L = 4, d = 16;
-    const std::size_t len = 120, base = 40;
+  SECTION("the recent floor(0.2 n) + 1 entries and 4 sinks are protected") {
+    Layer<float> layer(1, dim, n);
+    zero_layer(layer, n);
+    spike(layer, 0, 4, 0, 8.0f);
+    spike(layer, 0, 6, 1, 8.0f);
+    CHECK(PyramidInfer().recent_for(12) == 3);
+    CHECK(PyramidInfer().recent_for(100) == 21);
+    PyramidInfer().compress(request_for(layer, window.view(), Budget::entries(8)), ws);
+    CHECK(kept_positions(layer.views[0]) == std::vector<Position>{0, 1, 2, 3, 6, 9, 10, 11});
+    // A budget below them keeps the sinks and as many recent entries as fit.
+    zero_layer(layer, n);
+    PyramidInfer().compress(request_for(layer, window.view(), Budget::entries(5)), ws);
+    CHECK(kept_positions(layer.views[0]) == std::vector<Position>{0, 1, 2, 3, 11});
+  }
+
+  SECTION("one kept set for the layer, by the mean over all query heads") {
+    // KV head 0's query wants entry 4 a little, KV head 1's wants entry 6 a lot: both keep 6.
+    Layer<float> layer(2, dim, n);
+    zero_layer(layer, n);
+    for (std::size_t h = 0; h < 2; ++h) {
+      spike(layer, h, 4, 0, 8.0f);
+      spike(layer, h, 6, 1, 8.0f);
+    }
+    HandWindow two(2, dim, {10, 11});
+    two.set(0, 1, 0, 1.0f);
+    two.set(1, 1, 1, 4.0f);
+    PyramidInferOptions o;
+    o.sink_tokens = 0;
+    o.recent_ratio = 0.0;
+    const LayerPlan plan = PyramidInfer(o).plan(request_for(layer, two.view(), Budget::entries(2)), ws);
+    CHECK(plan.shared_selection);
+    CHECK(plan.heads[0].keep == std::vector<std::uint32_t>{6, 11});
+    CHECK(plan.heads[1].keep == std::vector<std::uint32_t>{6, 11});
+    o.per_layer = false;  // select=head: KV head 0 keeps its own choice
+    const LayerPlan own = PyramidInfer(o).plan(request_for(layer, two.view(), Budget::entries(2)), ws);
+    CHECK(own.heads[0].keep == std::vector<std::uint32_t>{4, 11});
+    CHECK(own.heads[1].keep == std::vector<std::uint32_t>{6, 11});
+  }
+
+  SECTION("compounded cosine layer budgets with the uniform total") {
+    const int L = 8, d = 16;
+    const std::size_t len = 400, base = 200;
     Window w(2, 8, d, len, 5);
     std::size_t total = 0;
     std::vector<std::size_t> lengths;
@@ -397,7 +450,8 @@ TEST_CASE("PyramidInfer weights recent queries more and shrinks budgets with dep
       r.num_layers = L;
       PyramidInfer().compress(r, ws);
       CHECK(layer.views[0].length == layer.views[1].length);
-      CHECK(layer.views[0].length == layer_budget(LayerSchedule::geometric(0.9), l, L, base, len, 12));
+      // 4 sinks + floor(0.2 * 400) + 1 recent = 85 protected.
+      CHECK(layer.views[0].length == layer_budget(LayerSchedule::compound_cosine(0.9), l, L, base, len, 85));
       lengths.push_back(layer.views[0].length);
       total += layer.views[0].length;
     }
@@ -405,6 +459,34 @@ TEST_CASE("PyramidInfer weights recent queries more and shrinks budgets with dep
     CHECK(std::is_sorted(lengths.rbegin(), lengths.rend()));
     CHECK(lengths.front() > lengths.back());
   }
+}
+
+TEST_CASE("PyramidInfer's layer budgets follow the official cosine decay, compounded, at 32 layers",
+          "[eviction][pyramid_infer]") {
+  // The authors' prefill: layer i keeps int(context_i * r_i) of its context for layer i + 1, with
+  // r_i = 0.9 + 0.1 * (cos(pi i / 32) + 1) / 2 (configs/llama3_8b.json: decay 0.9, "cosine").
+  const int L = 32;
+  std::vector<double> official(L);
+  long long context = 10'000'000;
+  for (int i = 0; i < L; ++i) {
+    official[static_cast<std::size_t>(i)] = static_cast<double>(context);
+    const double r = 0.9 + 0.1 * (std::cos(std::numbers::pi * i / L) + 1.0) / 2.0;
+    context = static_cast<long long>(static_cast<double>(context) * r);
+  }
+  double official_mean = 0.0;
+  for (double c : official) official_mean += c / L;
+  const std::size_t base = 4'000'000, length = 20'000'000;
+  const auto ours = layer_budgets(LayerSchedule::compound_cosine(0.9), L, base, length, 0);
+  std::size_t total = 0;
+  for (int l = 0; l < L; ++l) {
+    const double share = static_cast<double>(ours[static_cast<std::size_t>(l)]) / static_cast<double>(base);
+    CHECK(share == Approx(official[static_cast<std::size_t>(l)] / official_mean).epsilon(1e-5));
+    total += ours[static_cast<std::size_t>(l)];
+  }
+  CHECK(total == L * base);
+  // 1.41x the mean budget at layer 0, 0.31x at layer 31 (decay^l would give 3.3x and 0.13x).
+  CHECK(static_cast<double>(ours.front()) / static_cast<double>(base) == Approx(1.411).epsilon(1e-3));
+  CHECK(static_cast<double>(ours.back()) / static_cast<double>(base) == Approx(0.313).epsilon(1e-3));
 }
 
 TEST_CASE("PyramidKV is SnapKV with linearly falling layer budgets", "[eviction][pyramidkv]") {
@@ -502,8 +584,12 @@ TEMPLATE_TEST_CASE("every eviction policy and allocator keeps the shared invaria
     CHECK(sa.entries_after == total);
     CHECK(sa.merged + sa.evicted == heads * n - total);
     if (c.scheduled) {
-      const auto kind = std::string(c.spec) == "PyramidKV" ? LayerSchedule::pyramid() : LayerSchedule::geometric();
-      for (const auto& head : a.views) CHECK(head.length == layer_budget(kind, layer_index, L, budget, n, 4 + W));
+      const bool pyramidkv = std::string(c.spec) == "PyramidKV";
+      const auto kind = pyramidkv ? LayerSchedule::pyramid() : LayerSchedule::compound_cosine();
+      // PyramidInfer protects its 4 sinks and the recent floor(0.2 n) + 1 entries, the others the window.
+      const std::size_t protected_count = pyramidkv ? 4 + W : 4 + std::min(PyramidInfer().recent_for(n), budget - 4);
+      for (const auto& head : a.views)
+        CHECK(head.length == layer_budget(kind, layer_index, L, budget, n, protected_count));
     } else if (c.adaptive) {
       CHECK(total == heads * budget);
       for (const auto& head : a.views) CHECK(head.length >= 4 + W);
@@ -511,9 +597,10 @@ TEMPLATE_TEST_CASE("every eviction policy and allocator keeps the shared invaria
       for (const auto& head : a.views) CHECK(head.length == budget);
     }
 
-    // Positions ascending; the sinks and the newest entry survive.
+    // Positions ascending; the sinks and the newest entry survive (TOVA protects none of them).
     for (const auto& head : a.views) {
       for (std::size_t j = 1; j < head.length; ++j) CHECK(head.positions[j - 1] < head.positions[j]);
+      if (std::string(c.spec).find("TOVA") != std::string::npos) continue;
       for (Position p = 0; p < 4; ++p) CHECK(head.positions[p] == p);
       CHECK(head.positions[head.length - 1] == static_cast<Position>(n - 1));
     }
@@ -533,8 +620,9 @@ TEMPLATE_TEST_CASE("every eviction policy and allocator keeps the shared invaria
     CHECK_THROWS_WITH(policy.compress(rbad, ws2), Catch::Contains("KV head 2") && Catch::Contains("value of entry 50"));
     CHECK(snap.same_as(bad));
 
-    // A budget below the protected entries is an error, and changes nothing either.
-    if (!c.scheduled) {
+    // A budget below the protected entries is an error, and changes nothing either (TOVA, as its
+    // paper, protects nothing).
+    if (!c.scheduled && std::string(c.spec).find("TOVA") == std::string::npos) {
       Layer<TestType> small(heads, dim, n);
       small.fill_random(n, 304);
       const testing::Snapshot<TestType> snap_small(small);
@@ -560,6 +648,8 @@ TEST_CASE("eviction policies in the registry: names, options and errors", "[evic
   CHECK(make_policy("StreamingLLM:sinks=8").target<StreamingLLM>()->options().sink_tokens == 8);
   CHECK(make_policy("PyramidKV:beta=10").target<PyramidKV>()->options().beta == 10.0);
   CHECK(make_policy("PyramidInfer:decay=0.8,distance_weight=1.5").target<PyramidInfer>()->options().decay == 0.8);
+  CHECK(make_policy("PyramidInfer:schedule=geometric,recent_ratio=0.1,select=head").target<PyramidInfer>()->options().geometric);
+  CHECK_THROWS_WITH(make_policy("PyramidInfer:select=cell"), Catch::Contains("select=cell is not one of: layer, head"));
   CHECK(make_policy("AdaKV+SnapKV:alpha=0.5").target<AdaKV<SnapKV>>()->options().alpha == 0.5);
   CHECK(make_policy("AdaKV+SnapKV:pooling=none").target<AdaKV<SnapKV>>()->inner().options().pooling ==
         kernels::Pooling::none);
@@ -606,6 +696,7 @@ TEST_CASE("a short prompt compresses as far as its protection allows under a fra
       CHECK(head.length < n);    // compressed ...
       CHECK(head.length >= 19);  // ... but never below what was asked
       CHECK(head.length <= 36);  // ... and no further than the protection needs
+      if (name == "TOVA" || name == "SimCalKV-paper") continue;  // protect nothing, as their papers
       CHECK(head.positions[0] == 0);
       CHECK(head.positions[head.length - 1] == static_cast<Position>(n - 1));
     }

@@ -177,10 +177,11 @@ struct CellsCopy {
 };
 
 template <class T>
-void fill(Layer<T>& layer, std::uint64_t seed) {
+void fill(Layer<T>& layer, std::uint64_t seed, bool equal_lengths = false) {
   layer.fill_random(kLength, seed);
-  // Unequal head lengths make per-head budgets and tables differ.
-  layer.views[1].length = kLength - 9;
+  // Unequal head lengths make per-head budgets and tables differ (a layer-wide selection, TOVA's
+  // and PyramidInfer's, needs them equal).
+  if (!equal_lengths) layer.views[1].length = kLength - 9;
 }
 
 bool per_head_budgets(const std::string& name) { return name.rfind("AdaKV+", 0) == 0; }
@@ -193,18 +194,19 @@ void every_policy_on_every_layout() {
       const AnyPolicy policy = make_policy(name);
       Workspace ws;
       Layer<T> compact(kHeads, kDim, kLength);
-      fill(compact, 11);
+      const bool equal = policy.selects_per_layer();
+      fill(compact, 11, equal);
 
       SECTION("paged, a table per head and one per request") {
         for (const int heads_per_table : {1, kHeads}) {
           INFO("heads_per_table " << heads_per_table);
           Layer<T> source(kHeads, kDim, kLength);
-          fill(source, 11);
+          fill(source, 11, equal);
           PagedCopy<T> paged(source, heads_per_table);
           Staging<T> staging;
           const auto result = compress_paged(policy, paged.layer, request<T>({}, window.view), ws, staging);
           Layer<T> want(kHeads, kDim, kLength);
-          fill(want, 11);
+          fill(want, 11, equal);
           const auto stats = policy.compress(request<T>(want.span(), window.view), ws);
           CHECK(result.stats.entries_after == stats.entries_after);
           auto& got = stage_paged(paged.layer, staging);
@@ -344,7 +346,9 @@ TEST_CASE("a shared selection keeps one set, selected by the heads' mean score",
   Workspace ws;
   Layer<float> layer(kHeads, kDim, kLength);
   layer.fill_random(kLength, 8);
-  const TOVA tova(TOVAOptions{0, 0});  // the paper's rule: one set per layer, nothing protected
+  TOVAOptions per_head;  // planned per head below; the shared plan comes from the request's flag
+  per_head.per_layer = false;
+  const TOVA tova(per_head);
   const LayerPlan plan = tova.plan(request<float>(layer.span(), window.view, true), ws);
   REQUIRE(plan.heads[0].keep == plan.heads[1].keep);
   // Each head's own TOVA score (its group's last-query attention), planned head by head.

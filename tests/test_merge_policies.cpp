@@ -1,4 +1,4 @@
-// The merging baselines: KeepKV, CaM, KVMerger, D2O, LerpKV / SlerpKV / NlerpKV. Each rule is pinned
+// The merging baselines: KeepKV, CaM, KVMerger, D2O, LerpKV / SlerpKV / NlerpKV, SimCalKV-paper. Each rule is pinned
 // down on small hand-made caches (keys placed by angle so that similarities and scores are known),
 // with the expected entries computed independently in double; shared invariants run on random layers.
 #include "support.hpp"
@@ -8,6 +8,8 @@
 #include <simcalkv/policies/interpolation.hpp>
 #include <simcalkv/policies/keepkv.hpp>
 #include <simcalkv/policies/kvmerger.hpp>
+#include <simcalkv/policies/simcalkv_paper.hpp>
+#include <simcalkv/registry.hpp>
 
 #include <catch2/catch.hpp>
 
@@ -219,17 +221,37 @@ std::vector<Entry> keepkv_entries() {
           entry(1, 200, {-1, -2})};
 }
 
-/// KeepKV's EMA score, in double: queries t = 0..W-1 oldest first.
-std::vector<double> keepkv_reference_scores(const Ref& ref, const WindowView& w, double alpha) {
+/// KeepKV's scores in double (the authors' rule, one query head): the selection score
+/// sum_t linspace(1, dw)[t] a_j(t) and the merge weight exp(b_j) * mean_{t sees j} a_j(t), where
+/// a_j(t) is the softmax over the entries t sees of q_t . k_j / sqrt(d), the votes left out.
+struct KeepKVReference {
+  std::vector<double> selection, weight;
+};
+KeepKVReference keepkv_reference(const Ref& ref, const WindowView& w, double dw) {
   const int W = w.num_tokens;
-  std::vector<double> s(ref.size(), 0.0);
+  const std::size_t n = ref.size();
+  const double tau = 1.0 / std::sqrt(static_cast<double>(ref.k[0].size()));
+  KeepKVReference out{std::vector<double>(n, 0.0), std::vector<double>(n, 0.0)};
+  std::vector<double> seen(n, 0.0);
   for (int t = 0; t < W; ++t) {
-    const double c = (1 - alpha) * std::pow(alpha, W - 1 - t) / (1 - std::pow(alpha, W));
-    double z = 0;
-    const auto e = ref.exp_logits(w.query(0, t), w.positions[static_cast<std::size_t>(t)], &z);
-    for (std::size_t j = 0; j < ref.size(); ++j) s[j] += c * e[j] / z;
+    const double lin = W > 1 ? 1.0 + (dw - 1.0) * t / (W - 1) : 1.0;
+    std::vector<double> e(n, 0.0);
+    double z = 0.0;
+    for (std::size_t j = 0; j < n; ++j) {
+      if (ref.pos[j] > w.positions[static_cast<std::size_t>(t)]) continue;
+      double dot = 0;
+      for (std::size_t i = 0; i < ref.k[j].size(); ++i) dot += w.query(0, t)[i] * ref.k[j][i];
+      e[j] = std::exp(tau * dot);
+      z += e[j];
+      seen[j] += 1;
+    }
+    for (std::size_t j = 0; j < n; ++j) {
+      out.selection[j] += lin * e[j] / z;
+      out.weight[j] += e[j] / z;
+    }
   }
-  return s;
+  for (std::size_t j = 0; j < n; ++j) out.weight[j] = seen[j] > 0 ? std::exp(ref.b[j]) * out.weight[j] / seen[j] : 0.0;
+  return out;
 }
 
 /// Top `count` of entries [first, last) by score (ties: earlier), ascending.
@@ -244,58 +266,86 @@ std::vector<std::size_t> top_of(const std::vector<double>& s, std::size_t first,
 
 }  // namespace
 
-TEST_CASE("KeepKV: EMA scores choose the survivors; a similar entry merges with summed votes", "[merge][keepkv]") {
-  const float qs = static_cast<float>(3.0);
-  const auto q_old = polar(qs, 10), q_new = polar(qs, 100);
-  Queries window(1, {q_old, q_new}, {6, 6});
-
-  for (const float alpha : {0.9f, 0.0f}) {
+TEST_CASE("KeepKV: recency-weighted scores without the votes choose the survivors; similar entries merge",
+          "[merge][keepkv]") {
+  // The naive reference of the authors' rule decides everything: survivors, matches at T = 0.8,
+  // weights p * mean attention, summed votes.
+  const auto q_old = polar(3.0, 10), q_new = polar(3.0, 100);
+  Queries window(1, {q_old, q_new}, {5, 6});
+  for (const double dw : {1.2, 3.0}) {
+    INFO("distance_weight " << dw);
     Layer<float> layer(1, 2, 8);
     fill(layer, 0, keepkv_entries());
     const Ref ref(layer.views[0]);
     KeepKVOptions o;
     o.sink_tokens = 1;
     o.recent_tokens = 1;
-    o.ema_alpha = alpha;
-    const KeepKV policy(o);
+    o.distance_weight = static_cast<float>(dw);
     Workspace ws;
-    const auto stats = policy.compress(request_for(layer, window.view, Budget::entries(5)), ws);
+    const auto stats = KeepKV(o).compress(request_for(layer, window.view, Budget::entries(5)), ws);
     const auto& h = layer.views[0];
     REQUIRE(h.length == 5);
-
-    const auto s = keepkv_reference_scores(ref, window.view, alpha);
-    auto kept = top_of(s, 1, 6, 3);
-    std::vector<Position> expected_positions{0};
-    for (auto j : kept) expected_positions.push_back(static_cast<Position>(j));
-    expected_positions.push_back(6);
-    INFO("alpha " << alpha);
-    CHECK(positions_of(h) == expected_positions);
-    // The cache is built so that the EMA matters: the older query's favourite survives only with it.
-    if (alpha == 0.9f) CHECK(kept == std::vector<std::size_t>{2, 3, 4});
-    else CHECK(kept == std::vector<std::size_t>{1, 3, 4});
-
-    if (alpha == 0.9f) {
-      // Entry 1 (30 degrees) is cos(20) from kept entry 2: merges. Entry 5 (-120 degrees) is at best
-      // cos(40) = 0.77 from a kept key (the recent entry at 200 degrees): below T = 0.8, evicted.
-      CHECK(stats.merged == 1);
-      CHECK(stats.evicted == 1);
-      const std::vector<double> w{s[2], s[1]};
-      check_close(key_of(h, 1), weighted_mean({ref.k[2], ref.k[1]}, w));
-      check_close(value_of(h, 1), weighted_mean({ref.v[2], ref.v[1]}, w));
-      CHECK(h.bias[1] == Approx(std::log(3.0)).epsilon(1e-6));  // 2 votes + 1 vote
-      check_untouched(h, 0, ref, 0);
-      check_untouched(h, 2, ref, 3);
-      check_untouched(h, 3, ref, 4);
-      check_untouched(h, 4, ref, 6);
-    } else {
-      // Kept {1, 3, 4}: entry 2 (10 degrees, 2 votes) goes to entry 1 (cos 20), entry 5 is evicted.
-      CHECK(stats.merged == 1);
-      const std::vector<double> w{s[1], s[2]};
-      check_close(key_of(h, 1), weighted_mean({ref.k[1], ref.k[2]}, w));
-      check_close(value_of(h, 1), weighted_mean({ref.v[1], ref.v[2]}, w));
-      CHECK(h.bias[1] == Approx(std::log(3.0)).epsilon(1e-6));
+    const auto want = keepkv_reference(ref, window.view, dw);
+    std::vector<std::size_t> keep{0};
+    for (auto j : top_of(want.selection, 1, 6, 3)) keep.push_back(j);
+    keep.push_back(6);
+    CHECK(positions_of(h) == std::vector<Position>(keep.begin(), keep.end()));
+    // Per survivor, its set: itself and the removed entries whose best cosine (>= 0.8) is it.
+    std::vector<std::vector<std::size_t>> sets(keep.size());
+    std::size_t merged = 0;
+    for (std::size_t e = 1; e < 6; ++e) {
+      if (std::find(keep.begin(), keep.end(), e) != keep.end()) continue;
+      std::size_t best = 0;
+      for (std::size_t k = 1; k < keep.size(); ++k)
+        if (cosine(ref.k[e], ref.k[keep[k]]) > cosine(ref.k[e], ref.k[keep[best]])) best = k;
+      if (cosine(ref.k[e], ref.k[keep[best]]) >= 0.8) sets[best].push_back(e), ++merged;
     }
+    CHECK(stats.merged == merged);
+    CHECK(stats.evicted == 2 - merged);
+    for (std::size_t k = 0; k < keep.size(); ++k) {
+      if (sets[k].empty()) {
+        check_untouched(h, k, ref, keep[k]);
+        continue;
+      }
+      std::vector<std::vector<double>> ks{ref.k[keep[k]]}, vs{ref.v[keep[k]]};
+      std::vector<double> w{want.weight[keep[k]]};
+      double votes = std::exp(ref.b[keep[k]]);
+      for (auto e : sets[k]) {
+        ks.push_back(ref.k[e]);
+        vs.push_back(ref.v[e]);
+        w.push_back(want.weight[e]);
+        votes += std::exp(ref.b[e]);
+      }
+      check_close(key_of(h, k), weighted_mean(ks, w));
+      check_close(value_of(h, k), weighted_mean(vs, w));
+      CHECK(h.bias[k] == Approx(std::log(votes)).epsilon(1e-6));
+    }
+    // The recency weight decides here: the newest query's favourite (entry 4) survives either way,
+    // the older query's (entry 2, 10 degrees) only while the newest counts little more.
+    if (dw == 1.2) CHECK(merged >= 1);
   }
+}
+
+TEST_CASE("KeepKV: the votes stay out of the selection score", "[merge][keepkv]") {
+  // Entries 1 and 2 have the same key; entry 2 stands for 100 tokens (bias log 100). Without the
+  // votes their scores tie and the earlier survives; entry 2 merges into it with its votes.
+  std::vector<Entry> entries{entry(1, 180, {0, 0}), entry(2, 30, {1, 0}), entry(2, 30, {0, 1}, std::log(100.0f)),
+                             entry(1, -90, {2, 2})};
+  Queries window(1, {polar(2, 30)}, {3});
+  Layer<float> layer(1, 2, 4);
+  fill(layer, 0, entries);
+  const Ref ref(layer.views[0]);
+  KeepKVOptions o;
+  o.sink_tokens = 1;
+  o.recent_tokens = 1;
+  Workspace ws;
+  const auto stats = KeepKV(o).compress(request_for(layer, window.view, Budget::entries(3)), ws);
+  const auto& h = layer.views[0];
+  CHECK(positions_of(h) == std::vector<Position>{0, 1, 3});
+  CHECK(stats.merged == 1);
+  CHECK(h.bias[1] == Approx(std::log(101.0)).epsilon(1e-6));
+  // Weights: p * mean attention, the two attentions equal, so 1 : 100.
+  check_close(value_of(h, 1), {1.0 / 101, 100.0 / 101});
 }
 
 TEST_CASE("KeepKV: a lower threshold lets the dissimilar entry merge too", "[merge][keepkv]") {
@@ -332,24 +382,27 @@ TEST_CASE("KeepKV runs at a decode step with a single query", "[merge][keepkv][d
   }
 }
 
-TEST_CASE("KeepKV EMA weights match the bias-corrected formula", "[merge][keepkv]") {
-  // Three queries over four entries: compare the internal EMA with the double reference.
+TEST_CASE("KeepKV scores and weights match the naive reference, recent entries corrected", "[merge][keepkv]") {
+  // Three window queries at the last three positions over twelve entries with random votes: the
+  // newest entries are seen by fewer queries, and their weight is the mean over those that see them.
   const int dim = 8;
   const std::size_t n = 12;
   Layer<float> layer(1, dim, n);
   layer.fill_random(n, 77);
+  for (std::size_t j = 0; j < n; ++j) layer.views[0].bias[j] = std::log(1.0f + static_cast<float>(j % 3));
   testing::Window window(1, 3, dim, n, 78);
   const Ref ref(layer.views[0]);
   HeadScratch s;
   kernels::load_keys(layer.views[0], s);
   kernels::score_window(layer.views[0], window.view, 0, 1, s);
-  std::vector<float> ema;
-  detail::keepkv_ema_scores(s, n, 1, 3, 0.7f, ema);
-  const auto want = keepkv_reference_scores(ref, window.view, 0.7);
-  for (std::size_t j = 0; j < n; ++j) CHECK(ema[j] == Approx(want[j]).epsilon(1e-5).margin(1e-9));
-  double total = 0;
-  for (float x : ema) total += x;
-  CHECK(total == Approx(1.0).epsilon(1e-5));  // bias correction makes the weights sum to one
+  std::vector<float> selection, weight;
+  detail::keepkv_scores(layer.views[0], s, 1, 3, 1.2f, selection, weight);
+  const auto want = keepkv_reference(ref, window.view, 1.2);
+  for (std::size_t j = 0; j < n; ++j) {
+    INFO("entry " << j);
+    CHECK(selection[j] == Approx(want.selection[j]).epsilon(1e-5).margin(1e-9));
+    CHECK(weight[j] == Approx(want.weight[j]).epsilon(1e-5).margin(1e-9));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -358,7 +411,8 @@ TEST_CASE("KeepKV EMA weights match the bias-corrected formula", "[merge][keepkv
 TEST_CASE("CaM: evicted values are spread over the next m kept values with probability min(1, a/mean)",
           "[merge][cam]") {
   // Sink 0, candidates 1..7, recent 8, 9. The query sits at position 5, so entries 6..9 get no
-  // attention: 6 and 7 are evicted with probability 0, and the kept mean is pulled down by 8 and 9.
+  // attention: 6 and 7 are evicted with probability 0. The mean is over the m kept entries that
+  // follow the evicted one (those that would receive it), as the paper and kvpress's CAMPress.
   std::vector<Entry> entries;
   const double angles[] = {180, 0, 20, 40, 60, 80, 100, 120, 140, 160};
   const double radii[] = {1, 1.5, 3, 1, 3, 0.5, 1, 1, 1, 1};
@@ -392,19 +446,19 @@ TEST_CASE("CaM: evicted values are spread over the next m kept values with proba
     std::vector<Position> want_positions(keep.begin(), keep.end());
     CHECK(positions_of(h) == want_positions);
 
-    double mean = 0;
-    for (auto j : keep) mean += a[j];
-    mean /= static_cast<double>(keep.size());
     std::vector<std::vector<double>> values;
     for (auto j : keep) values.push_back(ref.v[j]);
     std::size_t merged = 0;
     for (std::size_t e : {3, 5, 6, 7}) {
-      const double p = std::min(1.0, a[e] / mean);
+      std::size_t slot = 0;
+      while (keep[slot] < e) ++slot;
+      double mean = 0;
+      const std::size_t last = std::min(keep.size(), slot + 3);
+      for (std::size_t k = slot; k < last; ++k) mean += a[keep[k]] / static_cast<double>(last - slot);
+      const double p = mean > 0 ? std::min(1.0, a[e] / mean) : (a[e] > 0 ? 1.0 : 0.0);
       if (e >= 6) CHECK(p == 0.0);
       if (!(CaM::draw(seed, 5, 0, static_cast<Position>(e)) < p)) continue;
       ++merged;
-      std::size_t slot = 0;
-      while (keep[slot] < e) ++slot;
       for (std::size_t k = slot; k < std::min(keep.size(), slot + 3); ++k)
         for (std::size_t i = 0; i < 2; ++i) values[k][i] += ref.v[e][i] / 3.0;
     }
@@ -421,8 +475,9 @@ TEST_CASE("CaM: evicted values are spread over the next m kept values with proba
 }
 
 TEST_CASE("CaM: a certain merge reaches only the kept entries that follow; keys and biases stay", "[merge][cam]") {
-  // Candidates 1..3 with one kept; the evicted entry 3 out-scores the kept mean (p = 1) and has
-  // only the recent entry after it: with m = 4 that entry gets v_3 / 4 and the rest is lost.
+  // Candidates 1..3 with one kept; the evicted entry 3 out-scores the entry after it, its whole
+  // merge window (p = 1), and has only the recent entry after it: with m = 4 that entry gets
+  // v_3 / 4 and the rest is lost.
   std::vector<Entry> entries{entry(1, 180, {1, 1}, 0.5f), entry(1, 0, {2, 0}), entry(3, 30, {0, 2}),
                              entry(2.5, 30, {4, 8}), entry(1, -90, {1, -1})};
   Queries window(1, {polar(2, 30)}, {4});
@@ -438,9 +493,9 @@ TEST_CASE("CaM: a certain merge reaches only the kept entries that follow; keys 
   const auto& h = layer.views[0];
   REQUIRE(positions_of(h) == std::vector<Position>{0, 2, 4});
   const auto a = ref.window_score(window.view, 0, 1);
-  REQUIRE(a[3] > (a[0] + a[2] + a[4]) / 3);  // p = 1 for entry 3
-  // Entry 1: p = a_1 / mean < 1; whether it merges depends on the draw for seed 0.
-  const bool one_merges = CaM::draw(0, 0, 0, 1) < a[1] / ((a[0] + a[2] + a[4]) / 3);
+  REQUIRE(a[3] > a[4]);  // p = 1 for entry 3, whose window is entry 4 alone
+  // Entry 1: p = a_1 / mean(a_2, a_4), its window; whether it merges depends on the draw for seed 0.
+  const bool one_merges = CaM::draw(0, 0, 0, 1) < a[1] / ((a[2] + a[4]) / 2);
   CHECK(stats.merged == (one_merges ? 2u : 1u));
   std::vector<double> v2 = ref.v[2], v4 = ref.v[4];
   for (std::size_t i = 0; i < 2; ++i) {
@@ -657,7 +712,7 @@ TEST_CASE("D2O: merges beat the mean best similarity, weighted by exp(similarity
   for (std::size_t slot = 0; slot < 5; ++slot) CHECK(h.bias[slot] == 0.0f);
 }
 
-TEST_CASE("D2O: with a previous threshold the EMA update decides", "[merge][d2o]") {
+TEST_CASE("D2O: with a previous threshold the EMA of the mean best similarity decides", "[merge][d2o]") {
   Queries window(1, {polar(std::sqrt(2.0), 60)}, {7});
   Layer<float> layer(1, 2, 8);
   fill(layer, 0, d2o_entries());
@@ -666,18 +721,55 @@ TEST_CASE("D2O: with a previous threshold the EMA update decides", "[merge][d2o]
   o.sink_tokens = 1;
   o.recent_tokens = 1;
   o.previous_threshold = 0.99f;
-  // tau = 0.7 * cos 5 + 0.3 * 0.99 = 0.9943: only entry 2 (cos 5 = 0.9962) merges.
+  // tau = 0.7 * mean(cos 5, cos 10, cos 25) + 0.3 * 0.99 = 0.9707 (the code's EMA of
+  // max_values.mean()): entries 2 (cos 5) and 4 (cos 10) merge, 6 is evicted. An EMA of the
+  // largest best similarity would give 0.9943 and merge entry 2 alone.
   const D2O policy(o);
-  const std::vector<float> best{std::cos(5.0f * static_cast<float>(kPi) / 180), 0.5f};
-  CHECK(policy.threshold(best) == Approx(0.7 * std::cos(5 * kPi / 180) + 0.3 * 0.99).epsilon(1e-6));
+  const double mean = (std::cos(5 * kPi / 180) + std::cos(10 * kPi / 180) + std::cos(25 * kPi / 180)) / 3;
+  CHECK(policy.threshold(mean) == Approx(0.7 * mean + 0.3 * 0.99).epsilon(1e-6));
   Workspace ws;
   const auto stats = policy.compress(request_for(layer, window.view, Budget::entries(5)), ws);
-  CHECK(stats.merged == 1);
-  CHECK(stats.evicted == 2);
+  CHECK(stats.merged == 2);
+  CHECK(stats.evicted == 1);
   std::vector<double> k, v;
   d2o_expected(ref, 1, {2}, k, v);
   check_close(key_of(layer.views[0], 1), k);
-  check_untouched(layer.views[0], 2, ref, 3);
+  d2o_expected(ref, 3, {4}, k, v);
+  check_close(key_of(layer.views[0], 2), k);
+  check_untouched(layer.views[0], 3, ref, 5);
+}
+
+TEST_CASE("D2O: one decision for the layer, from the heads' mean of each removed entry's similarity",
+          "[merge][d2o]") {
+  // Head 0 as above (removed similarities cos 5, cos 10, cos 25); head 1's removed entries sit
+  // 30, 2 and 2 degrees from their nearest kept keys. tau = the mean of all six = 0.9587; the
+  // heads' means per removed index are 0.931, 0.992 and 0.953, so only the second removed entry
+  // of each head merges. Deciding head by head would merge two entries in each.
+  Queries window(2, {polar(std::sqrt(2.0), 60), polar(std::sqrt(2.0), 60)}, {7});
+  Layer<float> layer(2, 2, 8);
+  fill(layer, 0, d2o_entries());
+  std::vector<Entry> other;
+  const double angles[] = {180, 0, 30, 60, 62, 120, 122, -90};
+  for (int j = 0; j < 8; ++j)
+    other.push_back(entry((j == 1 || j == 3 || j == 5) ? 3.0 : 1.0, angles[j], {static_cast<float>(j), 1.0f}));
+  fill(layer, 1, other);
+  const Ref ref0(layer.views[0]), ref1(layer.views[1]);
+  D2OOptions o;
+  o.sink_tokens = 1;
+  o.recent_tokens = 1;
+  Workspace ws;
+  const auto stats = D2O(o).compress(request_for(layer, window.view, Budget::entries(5)), ws);
+  REQUIRE(positions_of(layer.views[0]) == std::vector<Position>{0, 1, 3, 5, 7});
+  REQUIRE(positions_of(layer.views[1]) == std::vector<Position>{0, 1, 3, 5, 7});
+  CHECK(stats.merged == 2);
+  CHECK(stats.evicted == 4);
+  std::vector<double> k, v;
+  d2o_expected(ref0, 3, {4}, k, v);
+  check_close(key_of(layer.views[0], 2), k);
+  check_untouched(layer.views[0], 1, ref0, 1);  // entry 2 (cos 5) evicted with head 1's entry 2
+  d2o_expected(ref1, 3, {4}, k, v);
+  check_close(key_of(layer.views[1], 2), k);
+  check_untouched(layer.views[1], 3, ref1, 5);  // entry 6 (cos 2) evicted with head 0's entry 6
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1051,7 +1143,7 @@ TEST_CASE("merging policies refuse an empty window and bad options", "[merge][va
     CHECK_THROWS_WITH(policy.compress(r, ws), Catch::Contains("observation window"));
   }
   KeepKVOptions k;
-  k.ema_alpha = 1.0f;
+  k.distance_weight = 0.0f;
   CHECK_THROWS_AS(KeepKV(k), Error);
   CaMOptions c;
   c.merge_span = 0;
@@ -1077,11 +1169,11 @@ TEST_CASE("registry builds the merging policies with their options", "[merge][re
     CHECK(make_policy(to_lower(name)).name() == name);
   }
   {
-    const auto p = make_policy("keepkv:threshold=0.7,ema=0.5,sinks=2,recent=3,search=local,radius=16");
+    const auto p = make_policy("keepkv:threshold=0.7,distance_weight=1.5,sinks=2,recent=3,search=local,radius=16");
     const auto* k = p.target<KeepKV>();
     REQUIRE(k);
     CHECK(k->options().similarity_threshold == 0.7f);
-    CHECK(k->options().ema_alpha == 0.5f);
+    CHECK(k->options().distance_weight == 1.5f);
     CHECK(k->options().sink_tokens == 2);
     CHECK(k->options().recent_tokens == 3);
     CHECK(k->options().search == SimilaritySearch::local);
@@ -1124,8 +1216,8 @@ TEST_CASE("registry builds the merging policies with their options", "[merge][re
     CHECK_FALSE(make_policy("LerpKV").target<SlerpKV>());
   }
   CHECK_THROWS_WITH(make_policy("KeepKV:colour=red"), Catch::Contains("unknown option 'colour'") &&
-                                                          Catch::Contains("threshold") && Catch::Contains("ema"));
-  CHECK_THROWS_WITH(make_policy("KeepKV:ema=1"), Catch::Contains("outside"));
+                                                          Catch::Contains("threshold") && Catch::Contains("distance_weight"));
+  CHECK_THROWS_WITH(make_policy("KeepKV:distance_weight=0"), Catch::Contains("outside"));
   CHECK_THROWS_WITH(make_policy("CaM:span=0"), Catch::Contains("outside"));
   CHECK_THROWS_WITH(make_policy("D2O:search=fast"), Catch::Contains("not one of: exact, local"));
 }
@@ -1154,4 +1246,82 @@ TEST_CASE("merging policies compose with AdaKV's per-head budgets", "[merge][bud
   check(AdaKV<KVMerger>{});
   check(AdaKV<D2O>{});
   check(AdaKV<SlerpKV>{});
+}
+
+// ---------------------------------------------------------------------------------------------
+// SimCalKV-paper
+
+TEST_CASE("SimCalKV-paper: the paper code's rule against a naive reference", "[merge][simcalkv_paper]") {
+  // Accumulated scores keep {0, 2, 5, 7}; nothing is protected. Removed 1 (20 deg) goes to 7
+  // (5 deg), 4 (120) to 2 (100), 6 (80) to 5 (95); 3 (225 deg) has a negative cosine to every
+  // survivor and is evicted. Two query heads share the KV head; the window's older token looks
+  // along 0 degrees, its newest along 90: only the newest weighs the values.
+  const double angles[] = {0, 20, 100, 225, 120, 95, 80, 5};
+  const double radii[] = {1, 1, 1, 1, 1, 1.5, 1, 1};
+  const float scores[] = {5, 1, 4, 0.5f, 2, 3, 0.1f, 6};
+  std::vector<Entry> entries;
+  for (int j = 0; j < 8; ++j)
+    entries.push_back(entry(radii[j], angles[j], {static_cast<float>(j), static_cast<float>(j * j) / 4},
+                            j == 2 ? 0.25f : 0.0f, scores[j]));
+  Queries window(2, {polar(2, 0), polar(2, 90), polar(1, 0), polar(1, 80)}, {6, 7});
+  Layer<float> layer(1, 2, 8);
+  fill(layer, 0, entries);
+  const Ref ref(layer.views[0]);
+  Workspace ws;
+  const auto stats = make_policy("SimCalKV-paper").compress(request_for(layer, window.view, Budget::entries(4)), ws);
+  const auto& h = layer.views[0];
+  REQUIRE(positions_of(h) == std::vector<Position>{0, 2, 5, 7});
+  CHECK(stats.merged == 3);
+  CHECK(stats.evicted == 1);
+
+  // Naive reference: masses under the newest token's two queries, key (mean of the set + k_c) / 2,
+  // value weighted by the masses, bias b_c + ln 2.
+  std::vector<double> mass(8, 0.0);
+  for (int g = 0; g < 2; ++g) {
+    const auto e = ref.exp_logits(window.view.query(g, 1), 7);
+    for (std::size_t j = 0; j < 8; ++j) mass[j] += e[j];
+  }
+  const std::vector<std::pair<std::size_t, std::size_t>> merges{{7, 1}, {2, 4}, {5, 6}};
+  const std::size_t slot_of[8] = {0, 0, 1, 0, 0, 2, 0, 3};
+  for (const auto& [c, e] : merges) {
+    INFO("survivor " << c << " takes " << e);
+    for (std::size_t other : {0u, 2u, 5u, 7u})
+      if (other != c) CHECK(cosine(ref.k[e], ref.k[c]) > cosine(ref.k[e], ref.k[other]));
+    std::vector<double> key(2), value(2);
+    for (std::size_t i = 0; i < 2; ++i) {
+      key[i] = (ref.k[e][i] + ref.k[c][i]) / 2;
+      value[i] = (mass[e] * ref.v[e][i] + mass[c] * ref.v[c][i]) / (mass[e] + mass[c]);
+    }
+    check_close(key_of(h, slot_of[c]), key);
+    check_close(value_of(h, slot_of[c]), value);
+    CHECK(h.bias[slot_of[c]] == Approx(ref.b[c] + std::log(2.0)).epsilon(1e-6));
+  }
+  check_untouched(h, 0, ref, 0);
+  for (std::size_t other : {0u, 2u, 5u, 7u}) CHECK(cosine(ref.k[3], ref.k[other]) < 0);
+}
+
+TEST_CASE("SimCalKV-paper: several entries into one survivor average their keys; no window scores, the window's",
+          "[merge][simcalkv_paper]") {
+  // No accumulated scores: the window's attention selects. Entries 1 and 2 both go to 0.
+  std::vector<Entry> entries{entry(3, 0, {1, 0}), entry(1, 10, {0, 1}), entry(1, 20, {2, 2}), entry(3, 90, {4, 4})};
+  Queries window(1, {polar(2, 45)}, {3});
+  Layer<float> layer(1, 2, 4);
+  fill(layer, 0, entries);
+  const Ref ref(layer.views[0]);
+  Workspace ws;
+  const auto stats = SimCalKVPaper().compress(request_for(layer, window.view, Budget::entries(2)), ws);
+  const auto& h = layer.views[0];
+  REQUIRE(positions_of(h) == std::vector<Position>{0, 3});
+  CHECK(stats.merged == 2);
+  const auto mass = ref.exp_logits(window.view.query(0, 0), 3);
+  std::vector<double> key(2), value(2);
+  for (std::size_t i = 0; i < 2; ++i) {
+    key[i] = ((ref.k[1][i] + ref.k[2][i]) / 2 + ref.k[0][i]) / 2;
+    value[i] = (mass[0] * ref.v[0][i] + mass[1] * ref.v[1][i] + mass[2] * ref.v[2][i]) / (mass[0] + mass[1] + mass[2]);
+  }
+  check_close(key_of(h, 0), key);
+  check_close(value_of(h, 0), value);
+  CHECK(h.bias[0] == Approx(std::log(2.0)).epsilon(1e-6));
+  check_untouched(h, 1, ref, 3);
+  CHECK(make_policy("SimCalKV-paper").reads_accumulated_scores());
 }

@@ -195,6 +195,7 @@ def main():
                 ALIKE, compression_ratio=r, window=window),
             "simcalkv SimCalKV (kvpress's SnapKV settings)": lambda r: simcalkv.hf.SimCalKVPress(
                 "SimCalKV:" + ALIKE.split(":", 1)[1], compression_ratio=r, window=window),
+            "simcalkv TOVA": lambda r: simcalkv.hf.SimCalKVPress("TOVA", compression_ratio=r, window=window),
             "simcalkv SimCalKV": lambda r: simcalkv.hf.SimCalKVPress("SimCalKV", compression_ratio=r, window=window),
             "simcalkv AdaKV+SimCalKV": lambda r: simcalkv.hf.SimCalKVPress("AdaKV+SimCalKV", compression_ratio=r,
                                                                           window=window),

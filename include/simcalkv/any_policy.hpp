@@ -4,6 +4,7 @@
 #include "simcalkv/plan.hpp"
 #include "simcalkv/policy.hpp"
 
+#include <concepts>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -54,6 +55,9 @@ class AnyPolicy {
   /// Whether the policy selects by attention accumulated in head.scores (policy_reads_accumulated_scores):
   /// a host keeps score buffers and accumulates them in its attention for it.
   [[nodiscard]] bool reads_accumulated_scores() const noexcept { return impl_->reads_accumulated_scores(); }
+  /// Whether the policy keeps one set for all the heads of a layer (TOVA, PyramidInfer): its plans
+  /// are shared selections, and it needs the layer's heads at equal lengths.
+  [[nodiscard]] bool selects_per_layer() const noexcept { return impl_->selects_per_layer(); }
   /// The wrapped policy, if it is a P.
   template <class P>
   [[nodiscard]] const P* target() const noexcept {
@@ -73,6 +77,7 @@ class AnyPolicy {
     virtual LayerPlan plan(const LayerRequest<bfloat16>&, Workspace&, const Budgets*) const = 0;
     [[nodiscard]] virtual std::string_view name() const noexcept = 0;
     [[nodiscard]] virtual bool reads_accumulated_scores() const noexcept = 0;
+    [[nodiscard]] virtual bool selects_per_layer() const noexcept = 0;
   };
   template <class P>
   struct Model final : Concept {
@@ -106,6 +111,12 @@ class AnyPolicy {
     [[nodiscard]] std::string_view name() const noexcept override { return policy.name(); }
     [[nodiscard]] bool reads_accumulated_scores() const noexcept override {
       return policy_reads_accumulated_scores<P>();
+    }
+    [[nodiscard]] bool selects_per_layer() const noexcept override {
+      if constexpr (requires { { policy.selects_per_layer() } -> std::convertible_to<bool>; })
+        return policy.selects_per_layer();
+      else
+        return false;
     }
     P policy;
   };

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numbers>
 #include <numeric>
 #include <span>
 #include <utility>
@@ -24,7 +25,8 @@ namespace simcalkv {
 enum class ScheduleKind {
   uniform,    // every layer keeps B
   pyramid,    // PyramidKV: budgets fall linearly with depth
-  geometric,  // PyramidInfer: each layer keeps `decay` times the layer below
+  geometric,  // each layer keeps `decay` times the layer below
+  compound_cosine,  // PyramidInfer's code: per-layer keep ratios from 1 down to `decay` on a cosine, compounded
   density,    // D2O: budgets weighted by exp(-statistic) from the host's per-layer attention statistic
 };
 
@@ -67,6 +69,12 @@ struct LayerSchedule {
     s.decay = decay;
     return s;
   }
+  static LayerSchedule compound_cosine(double decay = 0.9) {
+    LayerSchedule s;
+    s.kind = ScheduleKind::compound_cosine;
+    s.decay = decay;
+    return s;
+  }
   static LayerSchedule density(std::vector<double> statistic) {
     LayerSchedule s;
     s.kind = ScheduleKind::density;
@@ -79,7 +87,8 @@ struct LayerSchedule {
     using detail::require;
     require(kind != ScheduleKind::pyramid || (std::isfinite(beta) && beta >= 1.0), ErrorCode::invalid_argument,
             "layer schedule: pyramid beta must be at least 1, got ", beta);
-    require(kind != ScheduleKind::geometric || (std::isfinite(decay) && decay > 0.0 && decay <= 1.0),
+    require((kind != ScheduleKind::geometric && kind != ScheduleKind::compound_cosine) ||
+                (std::isfinite(decay) && decay > 0.0 && decay <= 1.0),
             ErrorCode::invalid_argument, "layer schedule: geometric decay must be in (0, 1], got ", decay);
     if (kind == ScheduleKind::density)
       for (std::size_t l = 0; l < layer_statistic.size(); ++l)
@@ -93,6 +102,7 @@ inline const char* schedule_name(ScheduleKind kind) {
     case ScheduleKind::uniform: return "uniform";
     case ScheduleKind::pyramid: return "pyramid";
     case ScheduleKind::geometric: return "geometric";
+    case ScheduleKind::compound_cosine: return "compound_cosine";
     case ScheduleKind::density: return "density";
   }
   return "?";
@@ -198,6 +208,17 @@ inline std::vector<std::size_t> layer_budgets(const LayerSchedule& schedule, int
     case ScheduleKind::geometric: {
       std::vector<double> w(L);
       for (std::size_t l = 0; l < L; ++l) w[l] = std::pow(schedule.decay, static_cast<double>(l));
+      x = detail::water_fill(w, static_cast<double>(L * C), static_cast<double>(available));
+      break;
+    }
+    case ScheduleKind::compound_cosine: {
+      std::vector<double> w(L);
+      double held = 1.0;  // prod_{i<l} r_i
+      for (std::size_t l = 0; l < L; ++l) {
+        w[l] = held;
+        const double angle = std::numbers::pi * static_cast<double>(l) / static_cast<double>(L);
+        held *= schedule.decay + (1.0 - schedule.decay) * (std::cos(angle) + 1.0) / 2.0;
+      }
       x = detail::water_fill(w, static_cast<double>(L * C), static_cast<double>(available));
       break;
     }

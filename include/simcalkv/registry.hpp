@@ -12,6 +12,7 @@
 #include "simcalkv/any_policy.hpp"
 #include "simcalkv/policies/full.hpp"
 #include "simcalkv/policies/simcalkv.hpp"
+#include "simcalkv/policies/simcalkv_paper.hpp"
 #include "simcalkv/policy_options.hpp"
 // eviction policies and budget allocators
 #include "simcalkv/policies/adakv.hpp"
@@ -166,6 +167,10 @@ SIMCALKV_REGISTRY_INLINE const std::vector<PolicyEntry>& policy_registry() {
                  "similarity-aware merging with bias calibration; options sinks, recent, pooling, pool_kernel, "
                  "search (exact|local[:R]), radius, threshold, bias (bounded|calibrated|log_count|none), merge_keys",
                  [](PolicyOptions& o) { return AnyPolicy(SimCalKV(detail::read_simcalkv_options(o))); }});
+    e.push_back({"SimCalKV-paper",
+                 "the SimCalKV paper code's rule: accumulated prefill attention, nothing protected, exact match at "
+                 "cosine > 0, key (mean + kept) / 2, newest-query value weights, ln 2 logit bias; no options",
+                 [](PolicyOptions&) { return AnyPolicy(SimCalKVPaper{}); }});
     // -- eviction policies and budget allocators (insert entries below this line) --
     e.push_back({"StreamingLLM", "attention sinks plus the most recent entries; options sinks",
                  [](PolicyOptions& o) { return AnyPolicy(StreamingLLM(StreamingLLM::read_options(o))); }});
@@ -176,13 +181,15 @@ SIMCALKV_REGISTRY_INLINE const std::vector<PolicyEntry>& policy_registry() {
     e.push_back({"SnapKV", "top entries by pooled window attention, window kept; options sinks, recent, "
                  "pooling (none|max|avg), pool_kernel",
                  [](PolicyOptions& o) { return AnyPolicy(SnapKV(SnapKV::read_options(o))); }});
-    e.push_back({"TOVA", "top entries by the newest query's attention (group mean); options sinks, recent",
+    e.push_back({"TOVA", "one set per layer by the newest query's attention over all heads, nothing protected "
+                 "(the paper); options select (layer|head), sinks, recent",
                  [](PolicyOptions& o) { return AnyPolicy(TOVA(TOVA::read_options(o))); }});
     e.push_back({"PyramidKV", "SnapKV with budgets falling linearly with depth; options sinks, recent, pooling, "
                  "pool_kernel, beta",
                  [](PolicyOptions& o) { return AnyPolicy(PyramidKV(PyramidKV::read_options(o))); }});
-    e.push_back({"PyramidInfer", "geometric per-layer budgets, selection by recency-weighted window attention; "
-                 "options sinks, recent, decay, distance_weight",
+    e.push_back({"PyramidInfer", "compounded cosine per-layer budgets, one set per layer by recency-weighted "
+                 "window attention over all heads, recent 20% kept; options sinks, recent_ratio, decay, schedule "
+                 "(cosine|geometric), distance_weight, select (layer|head)",
                  [](PolicyOptions& o) { return AnyPolicy(PyramidInfer(PyramidInfer::read_options(o))); }});
     e.push_back({"KNorm", "top entries by minus the key's L2 norm (no queries needed); options sinks, recent",
                  [](PolicyOptions& o) { return AnyPolicy(KNorm(KNorm::read_options(o))); }});
@@ -195,8 +202,8 @@ SIMCALKV_REGISTRY_INLINE const std::vector<PolicyEntry>& policy_registry() {
                  [](PolicyOptions& o) { return detail::make_adakv_of("SimCalKV", o); }});
     // -- merging policies (insert entries below this line) --
     e.push_back({"KeepKV",
-                 "electoral votes as a logit bias log(votes), similarity-gated mass-weighted merging, EMA window "
-                 "scores; options sinks, recent, threshold, ema, search (exact|local), radius",
+                 "electoral votes as a logit bias log(votes), similarity-gated mass-weighted merging, recency-weighted "
+                 "window scores without the votes; options sinks, recent, threshold, distance_weight, search (exact|local), radius",
                  [](PolicyOptions& o) { return AnyPolicy(KeepKV(KeepKV::read_options(o))); }});
     e.push_back({"CaM", "evicted values spread over the next kept values with probability min(1, a/mean); "
                  "options sinks, recent, span, seed",

@@ -18,7 +18,12 @@
 //   std::vector<size_t> schedule(const LayerRequest<T>&, base)  budgets before scoring
 //   std::vector<size_t> reallocate(const LayerRequest<T>&, std::span<const std::span<const float>>,
 //                                  std::span<const size_t>, const Protection&)
+//   void match(const HeadContext<T>&, HeadScratch&)             Match alone, before the layer decides
+//   void decide_matches(std::span<HeadScratch* const>)          one decision over every compressed
+//                                                               head's matches (D2O's threshold)
 //   void finish(const HeadContext<T>&, HeadScratch&)            default: evict what was not kept
+//   bool selects_per_layer()                                    one kept set for the layer's heads
+//                                                               (TOVA, PyramidInfer), whatever the host asks
 #pragma once
 
 #include "simcalkv/kernels/dispatch.hpp"
@@ -109,6 +114,16 @@ concept Reallocates = requires(const P& policy, const LayerRequest<T>& request,
 template <class P, class T>
 concept Scores = requires(const P& policy, const HeadContext<T>& ctx, HeadScratch& s) { policy.score(ctx, s); };
 
+/// Whether the policy itself selects one set for the whole layer (its method scores the layer's
+/// heads together); a host can also ask for that with LayerRequest::shared_selection.
+template <class P>
+bool selects_per_layer(const P& policy) {
+  if constexpr (requires { { policy.selects_per_layer() } -> std::convertible_to<bool>; })
+    return policy.selects_per_layer();
+  else
+    return false;
+}
+
 template <class P, StorageElement T>
 void finish(const P& policy, const HeadContext<T>& ctx, HeadScratch& s) {
   if constexpr (requires { policy.finish(ctx, s); }) {
@@ -136,7 +151,7 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
   const std::size_t H = request.heads.size();
   require(budgets.size() == H, ErrorCode::invalid_argument, who, ": the schedule gave ", budgets.size(),
           " budgets for ", H, " heads");
-  const bool shared = request.shared_selection;
+  const bool shared = request.shared_selection || stage::selects_per_layer(policy);
   if (shared)
     for (std::size_t h = 1; h < H; ++h)
       require(request.heads[h].length == request.heads[0].length && budgets[h] == budgets[0],
@@ -194,6 +209,13 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
     }
   }
 
+  auto head_context = [&](std::size_t h) {
+    auto ctx = context(h);
+    ctx.budget = budgets[h];
+    ctx.protection = stage::protection_for(policy, request.window, budgets[h], request.heads[h].length);
+    return ctx;
+  };
+  constexpr bool matches_first = requires(const HeadContext<T>& c, HeadScratch& s) { policy.match(c, s); };
   request.exec().parallel_for(H, [&](std::size_t h) {
     HeadScratch& s = *scratch[h];
     const HeadView<T>& head = request.heads[h];
@@ -201,13 +223,25 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
       s.plan.keep_all();
       return;
     }
-    auto ctx = context(h);
-    ctx.budget = budgets[h];
-    ctx.protection = stage::protection_for(policy, request.window, budgets[h], head.length);
+    const auto ctx = head_context(h);
     if constexpr (stage::Scores<P, T>) {
       if (!shared) kernels::select_entries(s.selection_score.data(), head.length, budgets[h], ctx.protection, s.selection);
     }
-    stage::finish(policy, ctx, s);
+    if constexpr (matches_first) policy.match(ctx, s);
+  });
+
+  // One decision over the layer's matches, where the method takes it across heads.
+  if constexpr (requires(std::span<HeadScratch* const> all) { policy.decide_matches(all); }) {
+    std::vector<HeadScratch*> compressed;
+    for (std::size_t h = 0; h < H; ++h)
+      if (budgets[h] < request.heads[h].length) compressed.push_back(scratch[h]);
+    if (!compressed.empty()) policy.decide_matches(std::span<HeadScratch* const>(compressed));
+  }
+
+  request.exec().parallel_for(H, [&](std::size_t h) {
+    HeadScratch& s = *scratch[h];
+    if (budgets[h] >= request.heads[h].length) return;
+    stage::finish(policy, head_context(h), s);
     const auto& plan = s.plan;
     require(plan.keep.size() == budgets[h], ErrorCode::invalid_argument, who, ": planned ", plan.keep.size(),
             " entries for a budget of ", budgets[h]);
@@ -313,6 +347,24 @@ class ForwardingStages : public StagedPolicy<Derived> {
   template <StorageElement T>
   void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
     stage::finish(inner(), ctx, s);
+  }
+  template <StorageElement T>
+    requires requires(const Inner& p, const HeadContext<T>& c, HeadScratch& s) { p.match(c, s); }
+  void match(const HeadContext<T>& ctx, HeadScratch& s) const {
+    inner().match(ctx, s);
+  }
+  void decide_matches(std::span<HeadScratch* const> heads) const
+    requires requires(const Inner& p) { p.decide_matches(heads); }
+  {
+    inner().decide_matches(heads);
+  }
+  /// The inner policy's layer-wide selection carries over, except through a reallocation (AdaKV),
+  /// whose per-head budgets exclude it: AdaKV+TOVA selects per head.
+  [[nodiscard]] bool selects_per_layer() const {
+    if constexpr (stage::Reallocates<Derived, float>)
+      return false;
+    else
+      return stage::selects_per_layer(inner());
   }
 
  private:

@@ -35,6 +35,18 @@ inline WindowView make_window_view(const float* queries, const Position* positio
                     num_query_heads, num_tokens, head_dim};
 }
 
+/// The window's newest token alone, with all its query heads (windows are in position order,
+/// oldest first): TOVA scores by it, SimCalKV-paper weighs merged values by it.
+inline WindowView newest_query(const WindowView& window) noexcept {
+  WindowView last = window;
+  if (window.num_tokens > 0) {
+    last.queries = window.query(0, window.num_tokens - 1);
+    last.positions = window.positions + (window.num_tokens - 1);
+    last.num_tokens = 1;
+  }
+  return last;
+}
+
 namespace detail {
 inline void validate_window(const WindowView& w, int head_dim, std::size_t num_kv_heads) {
   require(w.num_tokens >= 0, ErrorCode::invalid_argument, "window: negative token count");

@@ -5,8 +5,10 @@
 //  1. Keep set: the protected entries plus the highest window-attention scorers, up to the budget
 //     (scores as SnapKV: mean window attention over the GQA group).
 //  2. Every removed entry e, in position order, is merged with probability
-//         p_e = min(1, a_e / mean_{c kept} a_c)
-//     (a = window score). A merged entry's value is spread over the next m kept entries after it
+//         p_e = min(1, a_e / mean_{c in R_e} a_c),   R_e = the m kept entries after e,
+//     (a = window score): the mean over the entries that would receive the merge, as the paper's
+//     merge probability and kvpress's CAMPress (clamp(A_i / avg(A_{j:j+m}), 0, 1)) have it, not
+//     over every kept entry (whose mean the sinks inflate). A merged entry's value is spread over R_e
 //     in position order: each of them gets + v_e / m. Keys are dropped and no bias is added; the
 //     receivers keep their keys, biases and scores. Where fewer than m kept entries follow e, each
 //     of those gets v_e / m and the rest of v_e is lost, as in the authors' code, whose slice
@@ -14,9 +16,9 @@
 //  3. The Bernoulli draw is a counter-based hash of (seed, layer, KV head, the entry's position),
 //     so results repeat exactly for a seed and do not depend on the thread count or on which other
 //     entries are in the cache.
-// Defaults: m = 32 (the authors' code, merge_budget = 32, in local_cam_mask); the probability
-// min(1, a_e / mean a_kept) is the paper's merge probability (the code's Bernoulli on the clamped
-// ratio of the evicted token's attention to the mean over the kept tokens).
+// Defaults: m = 32 (the authors' code, merge_budget = 32, in local_cam_mask, and kvpress's).
+// Departures: the selection is SnapKV's window score with our protection (kvpress scores with its
+// base press and compresses while decoding; DecodeDriver does the latter with this rule).
 #pragma once
 
 #include "simcalkv/kernels/scoring.hpp"
@@ -72,9 +74,9 @@ class CaM : public WindowScored<CaM> {
     HeadPlan& plan = s.plan;
     plan.set_keep(keep, n);
 
-    double kept_total = 0.0;
-    for (const auto j : keep) kept_total += s.score[j];
-    const double kept_mean = keep.empty() ? 0.0 : kept_total / static_cast<double>(keep.size());
+    // Prefix sums of the kept entries' scores, for the mean over each merge window.
+    std::vector<double> kept_prefix(keep.size() + 1, 0.0);
+    for (std::size_t k = 0; k < keep.size(); ++k) kept_prefix[k + 1] = kept_prefix[k] + s.score[keep[k]];
 
     // Which removed entries merge, and the first kept slot after each.
     std::vector<std::int32_t>& merges = s.matching.target;  // per removed entry: first receiving slot or -1
@@ -83,10 +85,12 @@ class CaM : public WindowScored<CaM> {
     for (std::size_t c = 0; c < removed.size(); ++c) {
       const std::uint32_t e = removed[c];
       while (slot < keep.size() && keep[slot] < e) ++slot;
+      if (slot == keep.size()) continue;  // no kept entry after e: nothing receives it
+      const std::size_t last = std::min(keep.size(), slot + options_.merge_span);
+      const double window_mean = (kept_prefix[last] - kept_prefix[slot]) / static_cast<double>(last - slot);
       const double a = s.score[e];
-      const double p = kept_mean > 0.0 ? std::min(1.0, a / kept_mean) : (a > 0.0 ? 1.0 : 0.0);
-      if (slot < keep.size() && draw(options_.seed, layer, kv_head, head.positions[e]) < p)
-        merges[c] = static_cast<std::int32_t>(slot);
+      const double p = window_mean > 0.0 ? std::min(1.0, a / window_mean) : (a > 0.0 ? 1.0 : 0.0);
+      if (draw(options_.seed, layer, kv_head, head.positions[e]) < p) merges[c] = static_cast<std::int32_t>(slot);
     }
 
     // Rows for the receivers, in slot order: the value becomes its own plus the shares it gets.

@@ -1,25 +1,33 @@
 // simcalkv: D2O (Wan et al., "D2O: Dynamic Discriminative Operations for Efficient Long-Context
-// Inference of Large Language Models", arXiv 2406.13035 / ICLR 2025), the per-head merging rule.
+// Inference of Large Language Models", arXiv 2406.13035 / ICLR 2025), the merging rule, as the
+// authors' code runs it (AIoT-MLSys-Lab/D2O, LMEval_kv_token_merge/modeling_llama3_7b_13b_d2o.py).
 //
-// D2O has two levels. The layer level (budgets from each layer's attention density) is a budget
-// schedule and lives with the allocators; this policy is the token level with whatever per-head
-// budget it is given (uniform by default, or compress_with_budgets). Per head and per call:
-//  1. Keep set: the protected entries plus the highest window-attention scorers, up to the budget.
-//  2. Each removed entry e finds its nearest kept key c (cosine similarity u_e; exact search).
-//  3. EMA threshold (paper Eq. 10): a compression without history is D2O's first eviction, where
-//         tau = mean over removed e of u_e;
-//     a host that carries tau from the previous step passes it as `previous_threshold`, and then
-//         tau = beta * max_e u_e + (1 - beta) * tau_prev.
-//     e merges into c when u_e >= tau, otherwise it is evicted. (The policy is stateless, so the
-//     running tau is the caller's to keep.)
-//  4. Similarity-weighted merge (Eq. 11): for kept c and the set E_c merging into it,
+// D2O has two levels. The layer level (budgets from each layer's attention density) is
+// LayerSchedule::density in budget_schedule.hpp, fed by d2o_layer_statistic below; a host that has
+// every layer's statistic puts it in front with LayerScheduled<D2O>. (make_policy("D2O") has no
+// way to see the other layers, so it runs the token level on uniform budgets; the code's
+// exemption of layers 0, 1 and L-1 is not reproduced.) This policy is the token level with
+// whatever per-head budget it is given. Per layer and per call:
+//  1. Keep set per head: the protected entries plus the highest window-attention scorers.
+//  2. Match: each removed entry e finds its nearest kept key c (cosine similarity u_e; exact
+//     search by default).
+//  3. One decision for the layer (decide_matches): the threshold is the mean of every compressed
+//     head's best similarities, tau = mean u; with a threshold carried from the previous step,
+//     tau = beta * mean u + (1 - beta) * tau_prev (the code's EMA of max_values.mean()). The
+//     c-th removed entry of every head merges when the heads' mean of their c-th best similarity
+//     is at least tau (the code's max_values.mean(1) >= threshold), else all of them are evicted.
+//     (The policy is stateless, so the running tau is the caller's to keep.)
+//  4. Similarity-weighted merge, as the paper's Eq. 11: for kept c and the set E_c merging into it,
 //         D = e + sum_{i in E_c} exp(u_i),  k' = (e k_c + sum_i exp(u_i) k_i) / D,  v' likewise,
-//     i.e. a softmax over the similarities with the kept key's own similarity 1 giving it exp(1) = e.
-//     No bias: the kept entry's logit bias is left as it was; its accumulated score, when the
-//     head has a score buffer, becomes the sum over the set.
-// Defaults: beta = 0.7 and the self weight e follow Eq. 10-11 as reimplementations of the paper
-// read them (we could not read the paper text itself; one port reads the constant as a tunable
-// 0.1 instead of Euler's number: option self_weight).
+//     a softmax over the similarities with the kept key's own similarity 1 giving it exp(1) = e.
+//     The code instead averages u_i k_i with k_c (scatter_reduce 'mean'); where code and paper
+//     disagree we follow the paper. No bias: the kept entry's logit bias is left as it was; its
+//     accumulated score, when the head has a score buffer, becomes the sum over the set.
+// Departures: the selection scores are the observation window's attention (the code accumulates
+// H2O scores over every query); the decision needs equal removed counts across heads to pair the
+// c-th entries as the code does; heads with fewer (AdaKV budgets) average over those that have
+// a c-th entry. Defaults: beta = 0.7 (the code's comment "0.3 0.7"), self weight e (option
+// self_weight).
 #pragma once
 
 #include "simcalkv/kernels/scoring.hpp"
@@ -69,36 +77,55 @@ class D2O : public WindowScored<D2O> {
   [[nodiscard]] std::string_view name() const noexcept { return "D2O"; }
   [[nodiscard]] const D2OOptions& options() const noexcept { return options_; }
 
-  /// The merge threshold for removed entries whose best similarities are `best` (-inf: none).
-  [[nodiscard]] float threshold(std::span<const float> best) const noexcept {
-    double sum = 0.0;
-    std::size_t count = 0;
-    float top = -std::numeric_limits<float>::infinity();
-    for (const float u : best) {
-      if (u == -std::numeric_limits<float>::infinity()) continue;
-      sum += u;
-      ++count;
-      top = std::max(top, u);
-    }
-    if (count == 0) return std::numeric_limits<float>::infinity();
-    if (std::isnan(options_.previous_threshold)) return static_cast<float>(sum / static_cast<double>(count));
-    return options_.beta * top + (1.0f - options_.beta) * options_.previous_threshold;
+  /// The merge threshold when the best similarities average `mean_best` (NaN: no match at all):
+  /// the mean itself on a first eviction, else the EMA with the previous threshold.
+  [[nodiscard]] float threshold(double mean_best) const noexcept {
+    if (std::isnan(mean_best)) return std::numeric_limits<float>::infinity();
+    if (std::isnan(options_.previous_threshold)) return static_cast<float>(mean_best);
+    return static_cast<float>(options_.beta * mean_best + (1.0 - options_.beta) * options_.previous_threshold);
   }
 
-  /// Match (nearest kept key, above the EMA threshold) and Merge (similarity-weighted average).
+  /// Match: each removed entry's nearest kept key.
+  template <StorageElement T>
+  void match(const HeadContext<T>& ctx, HeadScratch& s) const {
+    match_removed(static_cast<std::size_t>(ctx.head.head_dim), options_.search, options_.search_radius, s);
+  }
+
+  /// One decision for the layer: tau from the mean of every head's best similarities; the c-th
+  /// removed entries merge where the heads' mean of their c-th similarity reaches tau.
+  void decide_matches(std::span<HeadScratch* const> heads) const {
+    constexpr float none = -std::numeric_limits<float>::infinity();
+    double sum = 0.0;
+    std::size_t count = 0, longest = 0;
+    for (const HeadScratch* s : heads) {
+      longest = std::max(longest, s->matching.similarity.size());
+      for (const float u : s->matching.similarity)
+        if (u != none) sum += u, ++count;
+    }
+    const float tau = threshold(count ? sum / static_cast<double>(count) : std::numeric_limits<double>::quiet_NaN());
+    for (std::size_t c = 0; c < longest; ++c) {
+      double across = 0.0;
+      std::size_t have = 0;
+      for (const HeadScratch* s : heads)
+        if (c < s->matching.similarity.size() && s->matching.similarity[c] != none)
+          across += s->matching.similarity[c], ++have;
+      const bool merges = have > 0 && across / static_cast<double>(have) >= static_cast<double>(tau);
+      if (merges) continue;
+      for (HeadScratch* s : heads)
+        if (c < s->matching.target.size()) s->matching.target[c] = -1;
+    }
+  }
+
+  /// Merge: the similarity-weighted average of each kept entry and what the layer decided merges into it.
   template <StorageElement T>
   void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
     const auto& head = ctx.head;
     const auto d = static_cast<std::size_t>(head.head_dim);
     const std::size_t n = head.length;
-    match_removed(d, options_.search, options_.search_radius, s);
     const auto& keep = s.selection.keep;
     const auto& removed = s.selection.removed;
-    auto& target = s.matching.target;
+    const auto& target = s.matching.target;
     const auto& similarity = s.matching.similarity;
-    const float tau = threshold(similarity);
-    for (std::size_t c = 0; c < removed.size(); ++c)
-      if (!(similarity[c] >= tau)) target[c] = -1;
 
     HeadPlan& plan = s.plan;
     plan.set_keep(keep, n);

@@ -1,16 +1,18 @@
 // simcalkv: TOVA (Oren et al., "Transformers are Multi-State RNNs", 2024), an eviction baseline.
 //
-// The rule, per head: score every entry by the attention the newest query gives it, softmax
-// probabilities averaged over the G query heads of the group (the paper averages over heads), and
-// keep the top scorers. Run at every decode step (DecodeDriver with zero slack) that is TOVA's
-// "evict the entry with the lowest attention"; run once after prefill with budget B it keeps the
-// top B under the last prompt query. "The newest query" is the window's last token (windows are in
-// position order, oldest first).
+// The rule, as the paper and its code (schwartz-lab-NLP/TOVA) state it: score every entry by the
+// attention the newest query gives it, softmax probabilities averaged over all the layer's query
+// heads, and keep the top scorers: one kept set for the whole layer, shared by every KV head.
+// Run at every decode step (DecodeDriver with zero slack) that is TOVA's "evict the entry with the
+// lowest attention"; run once after prefill with budget B it keeps the top B under the last
+// prompt query. "The newest query" is the window's last token (windows are in position order,
+// oldest first). Nothing is protected (sinks=0, recent=0), as in the paper.
 //
-// Protection: the paper protects nothing. We follow docs/algorithms.md's library-wide protection
-// instead: the first 4 entries (sinks) and the last W (the window's length) are never evicted.
-// sinks=0,recent=0 gives the paper's rule exactly. Ties go to the earlier entry. Kept entries are
-// moved, never rewritten.
+// Options that depart on purpose, off by default: select=head keeps a set per KV head (the score
+// then averages the G query heads of that KV head's group; AdaKV+TOVA always selects per head,
+// since per-head budgets exclude one shared set); sinks=S,recent=R protect the first S and the
+// last R entries (docs/algorithms.md's library-wide protection; R=-1 is the window's length).
+// Ties go to the earlier entry. Kept entries are moved, never rewritten.
 #pragma once
 
 #include "simcalkv/kernels/scoring.hpp"
@@ -24,8 +26,9 @@
 namespace simcalkv {
 
 struct TOVAOptions {
-  std::size_t sink_tokens = 4;
-  int recent_tokens = -1;  // -1: the window's length
+  std::size_t sink_tokens = 0;  // the paper protects nothing
+  int recent_tokens = 0;        // -1: the window's length
+  bool per_layer = true;        // one kept set for the layer (the paper); false: one per KV head
 };
 
 class TOVA : public StagedPolicy<TOVA> {
@@ -42,15 +45,10 @@ class TOVA : public StagedPolicy<TOVA> {
   }
 
   /// The window's newest token alone (all query heads).
-  static WindowView last_query(const WindowView& window) noexcept {
-    WindowView last = window;
-    if (window.num_tokens > 0) {
-      last.queries = window.query(0, window.num_tokens - 1);
-      last.positions = window.positions + (window.num_tokens - 1);
-      last.num_tokens = 1;
-    }
-    return last;
-  }
+  static WindowView last_query(const WindowView& window) noexcept { return newest_query(window); }
+
+  /// The paper scores the layer's heads together and keeps one set for all of them.
+  [[nodiscard]] bool selects_per_layer() const noexcept { return options_.per_layer; }
 
   [[nodiscard]] WindowView scoring_window(const WindowView& window) const noexcept { return last_query(window); }
   template <StorageElement T>
@@ -59,7 +57,8 @@ class TOVA : public StagedPolicy<TOVA> {
                     "TOVA: needs at least one window query (the newest token's)");
   }
 
-  /// Score: the newest query's attention (ctx.window is last_query's), group-averaged.
+  /// Score: the newest query's attention (ctx.window is last_query's), averaged over the group's
+  /// query heads; the layer-wide selection averages these over the KV heads, so over all heads.
   template <StorageElement T>
   void score(const HeadContext<T>& ctx, HeadScratch& s) const {
     kernels::load_keys(ctx.head, s);
@@ -67,10 +66,11 @@ class TOVA : public StagedPolicy<TOVA> {
     s.selection_score.assign(s.score.begin(), s.score.end());
   }
 
-  /// TOVAOptions from a registry option string: sinks, recent.
+  /// TOVAOptions from a registry option string: sinks, recent, select (layer|head).
   static TOVAOptions read_options(PolicyOptions& o) {
     TOVAOptions options;
     read_protection(o, options);
+    options.per_layer = o.get_choice("select", "layer", {"layer", "head"}) == "layer";
     return options;
   }
 
