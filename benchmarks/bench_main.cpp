@@ -200,6 +200,16 @@ std::size_t budget_for(std::size_t n, int keep_percent) {
 }
 
 /// Similarity pairs SimCalKV examined, recomputed from the survivors (positions == entry index).
+/// Reads the similarity search of a P inside `policy`; false when it is not a P.
+template <class P>
+bool search_of(const simcalkv::AnyPolicy& policy, bool& exact, std::size_t& radius) {
+  const auto* p = policy.target<P>();
+  if (!p) return false;
+  exact = p->options().search == simcalkv::SimilaritySearch::exact;
+  radius = p->options().search_radius;
+  return true;
+}
+
 std::size_t similarity_pairs(const Layer& layer, std::size_t n, bool exact, std::size_t radius) {
   std::size_t pairs = 0;
   for (const auto& head : layer.views) {
@@ -274,17 +284,22 @@ void bm_compress(benchmark::State& state, const std::string& spec, std::size_t n
   if (name == "StreamingLLM" || name == "Full") score_rows = 0;
   double flops = 2.0 * score_rows * static_cast<double>(n) * d * kv_heads;
   std::string model = score_rows > 0 ? "scoring" : "none";
-  if (name == "SimCalKV" || name == "AdaKV+SimCalKV") {
-    bool exact = false;
-    std::size_t radius = 64;
-    if (const auto* s = policy.target<simcalkv::SimCalKV>()) {
-      exact = s->options().search == simcalkv::SimilaritySearch::exact;
-      radius = s->options().search_radius;
-    }
+  // The policies that match removed entries to kept keys: their similarity search is work the
+  // roofline counts (exact: every removed-kept pair; local: the pairs within the radius).
+  bool exact = false;
+  std::size_t radius = 64;
+  const bool matches = name == "AdaKV+SimCalKV" || search_of<simcalkv::SimCalKV>(policy, exact, radius) ||
+                       search_of<simcalkv::KeepKV>(policy, exact, radius) ||
+                       search_of<simcalkv::D2O>(policy, exact, radius) ||
+                       search_of<simcalkv::LerpKV>(policy, exact, radius) ||
+                       search_of<simcalkv::SlerpKV>(policy, exact, radius) ||
+                       search_of<simcalkv::NlerpKV>(policy, exact, radius);
+  if (matches) {
     flops += 2.0 * d * static_cast<double>(similarity_pairs(layer, n, exact, radius));
     model += exact ? "+similarity(exact)" : "+similarity(local r=" + std::to_string(radius) + ")";
-    state.counters["flops_calibration"] = 2.0 * window_tokens * group * d * static_cast<double>(stats.entries_after);
   }
+  if (name == "SimCalKV" || name == "AdaKV+SimCalKV")
+    state.counters["flops_calibration"] = 2.0 * window_tokens * group * d * static_cast<double>(stats.entries_after);
   set_rates(state, total, static_cast<double>(kv_heads * n), bytes, flops);
   state.counters["budget"] = static_cast<double>(budget);
   state.counters["merged"] = static_cast<double>(stats.merged);

@@ -161,6 +161,7 @@ nlohmann::json run(const Args& a, const engine::Model& model, const engine::Toke
     trace.metadata["source"] = "simcalkv-generate";
     trace.metadata["model"] = a.model;
     trace.metadata["model_type"] = c.model_type;
+    trace.metadata["rope_theta"] = std::to_string(c.rope_theta);  // for policies that undo RoPE
     simcalkv::io::write_trace(a.dump_trace, trace);
   }
   const std::size_t kv_before = s.kv_used_bytes();

@@ -250,8 +250,7 @@ class Session {
                                       const simcalkv::Executor* executor = nullptr) {
     const auto& c = model_.config;
     if (window_tokens_ == 0) fail("compress: no prompt has been prefilled");
-    simcalkv::CompressionStats total;
-    for (int l = 0; l < c.num_layers; ++l) {
+    auto request_for = [&](int l) {
       simcalkv::LayerRequest<T> req;
       if (!paged_) req.heads = cache_.layer(l);
       req.window = simcalkv::make_window_view(window_q_[static_cast<std::size_t>(l)].data(), window_positions_.data(),
@@ -260,6 +259,21 @@ class Session {
       req.layer = l;
       req.num_layers = c.num_layers;
       req.executor = executor;
+      req.rope_theta = c.rope_theta;
+      return req;
+    };
+    // Policies that allocate budgets across layers (D2O) read every layer's statistic first.
+    std::vector<double> statistics;
+    if (policy.wants_layer_statistics())
+      for (int l = 0; l < c.num_layers; ++l) {
+        auto req = request_for(l);
+        if (paged_) req.heads = paged_->staged(l);
+        statistics.push_back(simcalkv::layer_statistic(req, workspace_));
+      }
+    simcalkv::CompressionStats total;
+    for (int l = 0; l < c.num_layers; ++l) {
+      auto req = request_for(l);
+      req.layer_statistics = statistics;
       total += paged_ ? paged_->compress(l, policy, req, workspace_) : policy.compress(req, workspace_);
     }
     kv_shrink_to_fit();
@@ -272,7 +286,9 @@ class Session {
   void enable_decode_driver(const simcalkv::AnyPolicy& policy, const simcalkv::DecodeOptions& options,
                             const simcalkv::Executor* executor = nullptr) {
     const auto& c = model_.config;
-    driver_.emplace(policy, c.num_layers, c.num_heads, c.head_dim, options);
+    simcalkv::DecodeOptions with_rope = options;
+    if (with_rope.rope_theta <= 0.0) with_rope.rope_theta = c.rope_theta;
+    driver_.emplace(policy, c.num_layers, c.num_heads, c.head_dim, with_rope);
     driver_executor_ = executor;
     for (int l = 0; l < c.num_layers && window_tokens_ > 0; ++l) {
       // record_block keeps the last options.window tokens

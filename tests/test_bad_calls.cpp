@@ -20,6 +20,7 @@ LayerRequest<float> request_over(std::span<HeadView<float>> heads, const WindowV
   r.heads = heads;
   r.window = window;
   r.budget = budget;
+  r.rope_theta = 10000.0;  // ExpectedAttention needs a RoPE base; these layers have none
   return r;
 }
 

@@ -34,6 +34,7 @@ LayerRequest<T> request(std::span<HeadView<T>> heads, const WindowView& window, 
   r.layer = 1;
   r.num_layers = 4;
   r.shared_selection = shared;
+  r.rope_theta = 10000.0;  // ExpectedAttention needs a RoPE base; these layers have none
   return r;
 }
 

@@ -1325,3 +1325,123 @@ TEST_CASE("SimCalKV-paper: several entries into one survivor average their keys;
   check_untouched(h, 1, ref, 3);
   CHECK(make_policy("SimCalKV-paper").reads_accumulated_scores());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Merging+<policy>: kvpress's MergingPress
+
+TEST_CASE("Merging+SnapKV: kvpress's merge-on-evict rule against a naive reference", "[merge][value_merging]") {
+  const int dim = 8;
+  for (const std::size_t n : {std::size_t{37}, std::size_t{64}}) {
+    for (const char* search : {"exact", "local"}) {
+      INFO("n " << n << " search " << search);
+      Layer<float> layer(1, dim, n), plain(1, dim, n);
+      layer.fill_random(n, 91);
+      plain.fill_random(n, 91);
+      testing::Window window(2, 4, dim, n, 92);
+      const Ref ref(layer.views[0]);
+      Workspace ws;
+      const std::string options = std::string(":search=") + search;
+      const auto stats = make_policy("Merging+SnapKV" + options).compress(request_for(layer, window.view, Budget::entries(n / 3)), ws);
+      make_policy("SnapKV").compress(request_for(plain, window.view, Budget::entries(n / 3)), ws);
+      const auto& h = layer.views[0];
+      // The inner policy selects, unchanged.
+      REQUIRE(positions_of(h) == positions_of(plain.views[0]));
+      std::vector<std::size_t> keep;
+      for (std::size_t k = 0; k < h.length; ++k) keep.push_back(static_cast<std::size_t>(h.positions[k]));
+      // Reference: each removed entry to its most similar kept key (exact: all of them; the local
+      // search's radius of 64 covers every kept entry at these lengths), weight max(u, 0) |v_e| /
+      // (|v_e| + |v_c| + 1e-6); v_c' = (v_c + sum w v_e) / (1 + sum w).
+      std::vector<std::vector<double>> sum(keep.size(), std::vector<double>(dim, 0.0));
+      std::vector<double> total(keep.size(), 0.0);
+      std::size_t merged = 0;
+      for (std::size_t e = 0; e < n; ++e) {
+        if (std::find(keep.begin(), keep.end(), e) != keep.end()) continue;
+        std::size_t best = 0;
+        for (std::size_t k = 1; k < keep.size(); ++k)
+          if (cosine(ref.k[e], ref.k[keep[k]]) > cosine(ref.k[e], ref.k[keep[best]])) best = k;
+        const double u = cosine(ref.k[e], ref.k[keep[best]]);
+        if (u < 0) continue;
+        double ne = 0, nc = 0;
+        for (int i = 0; i < dim; ++i) ne += ref.v[e][i] * ref.v[e][i], nc += ref.v[keep[best]][i] * ref.v[keep[best]][i];
+        ne = std::sqrt(ne), nc = std::sqrt(nc);
+        const double w = u * ne / (ne + nc + 1e-6);
+        for (int i = 0; i < dim; ++i) sum[best][static_cast<std::size_t>(i)] += w * ref.v[e][static_cast<std::size_t>(i)];
+        total[best] += w;
+        ++merged;
+      }
+      CHECK(stats.merged == merged);
+      CHECK(merged > 0);
+      for (std::size_t k = 0; k < keep.size(); ++k) {
+        std::vector<double> want(dim);
+        for (std::size_t i = 0; i < static_cast<std::size_t>(dim); ++i)
+          want[i] = (ref.v[keep[k]][i] + sum[k][i]) / (1.0 + total[k]);
+        check_close(value_of(h, k), want, 1e-5);
+        CHECK(key_of(h, k) == ref.k[keep[k]]);  // keys stay
+        CHECK(h.bias[k] == ref.b[keep[k]]);
+      }
+    }
+  }
+  CHECK(make_policy("merging+knorm").name() == "Merging+KNorm");
+  CHECK_THROWS_WITH(make_policy("Merging+SimCalKV"), Catch::Contains("Merging composes with"));
+  CHECK_THROWS_WITH(make_policy("Merging+SnapKV:threshold=2"), Catch::Contains("outside"));
+}
+
+TEST_CASE("D2O's layer level: density budgets from every layer's statistic, layers 0, 1 and L-1 whole",
+          "[merge][d2o][layers]") {
+  const int L = 6, dim = 16;
+  const std::size_t n = 120, base = 50;
+  testing::Window window(8, 8, dim, n, 7);
+  std::vector<std::unique_ptr<Layer<float>>> layers;
+  std::vector<double> statistics;
+  Workspace ws;
+  for (int l = 0; l < L; ++l) {
+    layers.push_back(std::make_unique<Layer<float>>(4, dim, n));
+    // Heads of unequal sharpness (key scales), unequal across layers: the statistic (the heads'
+    // min-max normalised attention variances, averaged) differs from layer to layer.
+    auto& layer = *layers.back();
+    layer.fill_random(n, 40 + static_cast<std::uint64_t>(l));
+    for (std::size_t h = 0; h < 4; ++h) {
+      const float scale = h == 0 ? 0.2f : h == 3 ? 3.0f : 0.3f + 0.45f * static_cast<float>((l * (h + 1)) % 5);
+      for (std::size_t j = 0; j < n; ++j)
+        for (int i = 0; i < dim; ++i) *layer.views[h].key(j, i) *= scale;
+    }
+    auto r = request_for(*layers.back(), window.view, Budget::entries(base));
+    r.layer = l;
+    r.num_layers = L;
+    statistics.push_back(layer_statistic(r, ws));
+  }
+  std::set<std::size_t> budgets;
+  for (int l = 2; l < L - 1; ++l) budgets.insert(layer_budget(LayerSchedule::density(statistics), l, L, base, n, 12));
+  CHECK(budgets.size() > 1);  // the layers differ
+  const AnyPolicy d2o = make_policy("D2O");
+  CHECK(d2o.wants_layer_statistics());
+  CHECK_FALSE(make_policy("D2O:layers=uniform").wants_layer_statistics());
+  CHECK_FALSE(make_policy("SnapKV").wants_layer_statistics());
+  const std::size_t P = 4 + 8;
+  for (int l = 0; l < L; ++l) {
+    INFO("layer " << l);
+    auto r = request_for(*layers[static_cast<std::size_t>(l)], window.view, Budget::entries(base));
+    r.layer = l;
+    r.num_layers = L;
+    r.layer_statistics = statistics;
+    d2o.compress(r, ws);
+    const std::size_t want = (l <= 1 || l == L - 1)
+                                 ? n
+                                 : layer_budget(LayerSchedule::density(statistics), l, L, base, n, P);
+    for (const auto& h : layers[static_cast<std::size_t>(l)]->views) CHECK(h.length == want);
+  }
+  // Without statistics every layer keeps the base budget; a wrong count is refused.
+  Layer<float> plain(4, dim, n);
+  plain.fill_random(n, 3);
+  auto r = request_for(plain, window.view, Budget::entries(base));
+  r.layer = 1;
+  r.num_layers = L;
+  const testing::Snapshot<float> snap(plain);
+  std::vector<double> three(3, 0.0);
+  r.layer_statistics = three;
+  CHECK_THROWS_WITH(d2o.compress(r, ws), Catch::Contains("3 layer statistics for 6 layers"));
+  CHECK(snap.same_as(plain));
+  r.layer_statistics = {};
+  d2o.compress(r, ws);
+  for (const auto& h : plain.views) CHECK(h.length == base);
+}

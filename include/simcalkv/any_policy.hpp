@@ -58,6 +58,9 @@ class AnyPolicy {
   /// Whether the policy keeps one set for all the heads of a layer (TOVA, PyramidInfer): its plans
   /// are shared selections, and it needs the layer's heads at equal lengths.
   [[nodiscard]] bool selects_per_layer() const noexcept { return impl_->selects_per_layer(); }
+  /// Whether the policy's layer budgets read LayerRequest::layer_statistics (D2O's density
+  /// budgets): the host then computes layer_statistic() for every layer before compressing any.
+  [[nodiscard]] bool wants_layer_statistics() const noexcept { return impl_->wants_layer_statistics(); }
   /// The wrapped policy, if it is a P.
   template <class P>
   [[nodiscard]] const P* target() const noexcept {
@@ -78,6 +81,7 @@ class AnyPolicy {
     [[nodiscard]] virtual std::string_view name() const noexcept = 0;
     [[nodiscard]] virtual bool reads_accumulated_scores() const noexcept = 0;
     [[nodiscard]] virtual bool selects_per_layer() const noexcept = 0;
+    [[nodiscard]] virtual bool wants_layer_statistics() const noexcept = 0;
   };
   template <class P>
   struct Model final : Concept {
@@ -111,6 +115,14 @@ class AnyPolicy {
     [[nodiscard]] std::string_view name() const noexcept override { return policy.name(); }
     [[nodiscard]] bool reads_accumulated_scores() const noexcept override {
       return policy_reads_accumulated_scores<P>();
+    }
+    [[nodiscard]] bool wants_layer_statistics() const noexcept override {
+      if constexpr (requires { { policy.wants_layer_statistics() } -> std::convertible_to<bool>; })
+        return policy.wants_layer_statistics();
+      else if constexpr (requires { { policy.inner().wants_layer_statistics() } -> std::convertible_to<bool>; })
+        return policy.inner().wants_layer_statistics();
+      else
+        return false;
     }
     [[nodiscard]] bool selects_per_layer() const noexcept override {
       if constexpr (requires { { policy.selects_per_layer() } -> std::convertible_to<bool>; })

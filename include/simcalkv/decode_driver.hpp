@@ -61,6 +61,7 @@ struct DecodeOptions {
   std::size_t slack = 0;                  // compress when a head exceeds budget + slack
   int window = 32;                        // W: recent query tokens kept per layer
   bool check_finite = true;               // passed to the policy (scan keys and values)
+  double rope_theta = 0.0;                // the host's rotary base (LayerRequest::rope_theta); 0: not given
 };
 
 template <class Policy = AnyPolicy>
@@ -275,6 +276,7 @@ class DecodeDriver {
     request.executor = executor;
     request.check_finite = options_.check_finite;
     request.schedule_budgets = !state(layer).allocated;
+    request.rope_theta = options_.rope_theta;
     return request;
   }
   /// After a compression: what the policy chose becomes each head's budget.

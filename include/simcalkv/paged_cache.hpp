@@ -116,6 +116,9 @@ class PagedKVCache {
     release(l, result.freed_pages);
     return result.stats;
   }
+  /// Layer l's heads gathered into contiguous views (valid until the next staging or compress),
+  /// for what reads a layer without planning it (layer_statistic).
+  std::vector<HeadView<T>>& staged(int l) { return stage_paged(layer_at(l).view, staging_); }
   /// Puts pages a host took off a table back on layer l's free list.
   void release(int l, std::span<const std::int32_t> pages) {
     auto& L = layer_at(l);

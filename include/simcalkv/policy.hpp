@@ -54,6 +54,14 @@ struct LayerRequest {
   /// a layer to the budgets its first compression chose sets it. Per-head reallocation (AdaKV)
   /// still runs, within the layer's total.
   bool schedule_budgets = true;
+  /// The model's per-layer attention statistics, one per layer, which the host computes for every
+  /// layer before it compresses any (layer_statistic() in policies/d2o.hpp) when the policy's
+  /// wants_layer_statistics() says so: D2O's density budgets. Empty: none; such a policy then
+  /// gives every layer its base budget.
+  std::span<const double> layer_statistics{};
+  /// The host's rotary embedding base (rope_theta of a Llama/Qwen/Mistral config), for policies
+  /// that undo or extrapolate RoPE (ExpectedAttention); 0: not given.
+  double rope_theta = 0.0;
 
   [[nodiscard]] int group_size() const noexcept {
     return heads.empty() ? 0 : window.num_query_heads / static_cast<int>(heads.size());

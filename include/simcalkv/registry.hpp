@@ -13,9 +13,11 @@
 #include "simcalkv/policies/full.hpp"
 #include "simcalkv/policies/simcalkv.hpp"
 #include "simcalkv/policies/simcalkv_paper.hpp"
+#include "simcalkv/policies/value_merging.hpp"
 #include "simcalkv/policy_options.hpp"
 // eviction policies and budget allocators
 #include "simcalkv/policies/adakv.hpp"
+#include "simcalkv/policies/expected_attention.hpp"
 #include "simcalkv/policies/layer_scheduled.hpp"
 #include "simcalkv/policies/pyramidkv.hpp"
 #include "simcalkv/policies/h2o.hpp"
@@ -117,6 +119,8 @@ inline const std::vector<AdaKVInner>& adakv_inners() {
       {"TOVA", [](PolicyOptions& o) { return make_adakv<TOVA>(o, &TOVA::read_options); }},
       {"KNorm", [](PolicyOptions& o) { return make_adakv<KNorm>(o, &KNorm::read_options); }},
       {"KeyDiff", [](PolicyOptions& o) { return make_adakv<KeyDiff>(o, &KeyDiff::read_options); }},
+      {"ExpectedAttention",
+       [](PolicyOptions& o) { return make_adakv<ExpectedAttention>(o, &ExpectedAttention::read_options); }},
       {"StreamingLLM", [](PolicyOptions& o) { return make_adakv<StreamingLLM>(o, &StreamingLLM::read_options); }},
       {"PyramidKV", [](PolicyOptions& o) { return make_adakv<PyramidKV>(o, &PyramidKV::read_options); }},
       {"PyramidInfer", [](PolicyOptions& o) { return make_adakv<PyramidInfer>(o, &PyramidInfer::read_options); }},
@@ -152,6 +156,53 @@ inline std::optional<AnyPolicy> make_adakv_composition(const std::string& name, 
     if (to_lower(entry.name) == to_lower(inner)) canonical = entry.name;
   PolicyOptions parsed("AdaKV+" + canonical, options);
   AnyPolicy policy = make_adakv_of(inner, parsed);
+  parsed.finish();
+  return AnyPolicy(policy, std::string(spec));
+}
+
+/// "Merging+<Name>[:options]": kvpress's MergingPress around an eviction policy (its options plus
+/// threshold, search, radius); nullopt if `name` is not of that form.
+template <class P, class Options>
+AnyPolicy make_merging(PolicyOptions& o, Options (*read)(PolicyOptions&)) {
+  P inner(read(o));
+  return AnyPolicy(ValueMerging<P>(std::move(inner), ValueMerging<P>::read_options(o)));
+}
+
+inline const std::vector<AdaKVInner>& merging_inners() {
+  static const std::vector<AdaKVInner> inners = {
+      {"SnapKV", [](PolicyOptions& o) { return make_merging<SnapKV>(o, &SnapKV::read_options); }},
+      {"StreamingLLM", [](PolicyOptions& o) { return make_merging<StreamingLLM>(o, &StreamingLLM::read_options); }},
+      {"H2O", [](PolicyOptions& o) { return make_merging<H2O>(o, &H2O::read_options); }},
+      {"TOVA", [](PolicyOptions& o) { return make_merging<TOVA>(o, &TOVA::read_options); }},
+      {"KNorm", [](PolicyOptions& o) { return make_merging<KNorm>(o, &KNorm::read_options); }},
+      {"KeyDiff", [](PolicyOptions& o) { return make_merging<KeyDiff>(o, &KeyDiff::read_options); }},
+      {"ExpectedAttention",
+       [](PolicyOptions& o) { return make_merging<ExpectedAttention>(o, &ExpectedAttention::read_options); }},
+      {"PyramidKV", [](PolicyOptions& o) { return make_merging<PyramidKV>(o, &PyramidKV::read_options); }},
+      {"PyramidInfer", [](PolicyOptions& o) { return make_merging<PyramidInfer>(o, &PyramidInfer::read_options); }},
+  };
+  return inners;
+}
+
+inline AnyPolicy make_merging_of(std::string_view inner, PolicyOptions& o) {
+  for (const auto& entry : merging_inners())
+    if (to_lower(entry.name) == to_lower(inner)) return entry.make(o);
+  std::vector<std::string> names;
+  for (const auto& entry : merging_inners()) names.push_back(entry.name);
+  fail(ErrorCode::invalid_argument, "Merging+", inner, ": '", inner,
+       "' is not an eviction policy Merging wraps; Merging composes with: ", join(names));
+}
+
+inline std::optional<AnyPolicy> make_merging_composition(const std::string& name, std::string_view options,
+                                                         std::string_view spec) {
+  const std::string prefix = "merging+";
+  if (to_lower(name).rfind(prefix, 0) != 0) return std::nullopt;
+  const std::string inner = name.substr(prefix.size());
+  std::string canonical = inner;
+  for (const auto& entry : merging_inners())
+    if (to_lower(entry.name) == to_lower(inner)) canonical = entry.name;
+  PolicyOptions parsed("Merging+" + canonical, options);
+  AnyPolicy policy = make_merging_of(inner, parsed);
   parsed.finish();
   return AnyPolicy(policy, std::string(spec));
 }
@@ -196,6 +247,10 @@ SIMCALKV_REGISTRY_INLINE const std::vector<PolicyEntry>& policy_registry() {
     e.push_back({"KeyDiff", "top entries by minus the key's cosine to the head's mean normalised key (no queries "
                  "needed); options sinks, recent",
                  [](PolicyOptions& o) { return AnyPolicy(KeyDiff(KeyDiff::read_options(o))); }});
+    e.push_back({"ExpectedAttention", "kvpress's ExpectedAttentionPress: attention expected from the window's query "
+                 "statistics rotated to the next positions, times value norms; options sinks, recent, future, "
+                 "rope_theta, covariance, vnorm, epsilon",
+                 [](PolicyOptions& o) { return AnyPolicy(ExpectedAttention(ExpectedAttention::read_options(o))); }});
     e.push_back({"AdaKV+SnapKV", "AdaKV per-head budgets with SnapKV; options alpha plus SnapKV's",
                  [](PolicyOptions& o) { return detail::make_adakv_of("SnapKV", o); }});
     e.push_back({"AdaKV+SimCalKV", "AdaKV per-head budgets with SimCalKV; options alpha plus SimCalKV's",
@@ -211,7 +266,7 @@ SIMCALKV_REGISTRY_INLINE const std::vector<PolicyEntry>& policy_registry() {
     e.push_back({"KVMerger", "runs of similar neighbouring keys merged around their pivot with Gaussian weights; "
                  "options sinks, recent, threshold, sigma (0: adaptive)",
                  [](PolicyOptions& o) { return AnyPolicy(KVMerger(KVMerger::read_options(o))); }});
-    e.push_back({"D2O", "nearest-key merging above an EMA threshold, similarity-weighted; options sinks, recent, "
+    e.push_back({"D2O", "density layer budgets (layers 0, 1, L-1 whole), one merge decision per layer from the mean best similarity, similarity-weighted; options sinks, recent, layers (density|uniform), exempt, "
                  "beta, tau, self_weight, search (exact|local), radius",
                  [](PolicyOptions& o) { return AnyPolicy(D2O(D2O::read_options(o))); }});
     e.push_back({"LerpKV", "linear interpolation into the most similar kept entry by attention mass; options "
@@ -220,6 +275,11 @@ SIMCALKV_REGISTRY_INLINE const std::vector<PolicyEntry>& policy_registry() {
     e.push_back({"SlerpKV", "spherical interpolation (norms linear) into the most similar kept entry by attention "
                  "mass; options sinks, recent, threshold, search (exact|local), radius",
                  [](PolicyOptions& o) { return AnyPolicy(SlerpKV(SlerpKV::read_options(o))); }});
+    e.push_back({"Merging+SnapKV",
+                 "kvpress's MergingPress around SnapKV: removed values folded into the most similar survivor's, "
+                 "weighted by similarity and value norms, keys kept; options threshold, search (exact|local), "
+                 "radius plus SnapKV's",
+                 [](PolicyOptions& o) { return detail::make_merging_of("SnapKV", o); }});
     e.push_back({"NlerpKV", "normalised linear interpolation into the most similar kept entry by attention mass; "
                  "options sinks, recent, threshold, search (exact|local), radius",
                  [](PolicyOptions& o) { return AnyPolicy(NlerpKV(NlerpKV::read_options(o))); }});
@@ -247,6 +307,7 @@ SIMCALKV_REGISTRY_INLINE AnyPolicy make_policy(std::string_view spec) {
     return AnyPolicy(policy, std::string(spec));
   }
   if (auto composed = detail::make_adakv_composition(name, options, spec)) return *composed;
+  if (auto composed = detail::make_merging_composition(name, options, spec)) return *composed;
   detail::fail(ErrorCode::invalid_argument, "unknown policy '", name, "'; policies: ", join(policy_names()));
 }
 

@@ -51,6 +51,7 @@ struct HeadContext {
   int group = 1;
   Protection protection{};  // for this head's budget (set before Select)
   std::size_t budget = 0;   // set before Select; a score stage must not depend on it
+  double rope_theta = 0.0;  // the host's rotary base (LayerRequest::rope_theta; 0: not given)
 };
 
 namespace stage {
@@ -168,7 +169,9 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
   std::vector<HeadScratch*> scratch(H);
   for (std::size_t h = 0; h < H; ++h) scratch[h] = &workspace.head(h);
   auto context = [&](std::size_t h) {
-    return HeadContext<T>{request.heads[h], window, request.layer, request.num_layers, static_cast<int>(h), group};
+    HeadContext<T> ctx{request.heads[h], window, request.layer, request.num_layers, static_cast<int>(h), group};
+    ctx.rope_theta = request.rope_theta;
+    return ctx;
   };
 
   // Score every head that loses entries (every head when the budgets or the selection need all).

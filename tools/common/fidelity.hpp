@@ -43,6 +43,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -66,6 +67,7 @@ struct FidelityOptions {
   int window = 32;                           // observation window: the prompt's last queries
   std::vector<int> layers;                   // indices into the trace's held layers; empty: all
   int model_layers = 0;                      // layers of the model (per-layer budget schedules); 0: max layer id + 1
+  double rope_theta = 0.0;                   // the model's rotary base; 0: the trace's "rope_theta", else 10000
   std::string trace_name;                    // reported as "trace"
 };
 
@@ -348,6 +350,15 @@ inline FidelityReport run_fidelity(const io::Trace& trace, const std::vector<Fid
       report.reference_error_max = std::max(report.reference_error_max, std::sqrt(num) / std::max(ref.exact_norm[r], 1e-30));
     }
 
+    // ExpectedAttention undoes RoPE: the base the trace was made with (simcalkv-generate records it).
+    double rope_theta = options.rope_theta > 0.0 ? options.rope_theta : 10000.0;
+    if (options.rope_theta <= 0.0 && trace.metadata.count("rope_theta")) {
+      const std::string& text = trace.metadata.at("rope_theta");
+      char* end = nullptr;
+      rope_theta = std::strtod(text.c_str(), &end);
+      require(end && *end == '\0' && !text.empty() && std::isfinite(rope_theta) && rope_theta > 1.0,
+              ErrorCode::invalid_argument, "fidelity: the trace's rope_theta '", text, "' is not a number above 1");
+    }
     const WindowView window = make_window_view(trace.query(l, 0, P - options.window), window_positions.data(),
                                                trace.num_q_heads, options.window, trace.head_dim);
     // make_window_view assumes [heads][window][d]; the trace is [heads][n][d].
@@ -365,6 +376,7 @@ inline FidelityReport run_fidelity(const io::Trace& trace, const std::vector<Fid
       request.layer = layer_id(l);
       request.num_layers = model_layers;
       request.executor = &exec;
+      request.rope_theta = rope_theta;
       const auto start = std::chrono::steady_clock::now();
       const CompressionStats stats = policy.policy.compress(request, workspace);
       const auto stop = std::chrono::steady_clock::now();

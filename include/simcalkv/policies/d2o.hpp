@@ -2,15 +2,21 @@
 // Inference of Large Language Models", arXiv 2406.13035 / ICLR 2025), the merging rule, as the
 // authors' code runs it (AIoT-MLSys-Lab/D2O, LMEval_kv_token_merge/modeling_llama3_7b_13b_d2o.py).
 //
-// D2O has two levels. The layer level (budgets from each layer's attention density) is
-// LayerSchedule::density in budget_schedule.hpp, fed by d2o_layer_statistic below; a host that has
-// every layer's statistic puts it in front with LayerScheduled<D2O>. (make_policy("D2O") has no
-// way to see the other layers, so it runs the token level on uniform budgets; the code's
-// exemption of layers 0, 1 and L-1 is not reproduced.) This policy is the token level with
-// whatever per-head budget it is given. Per layer and per call:
+// D2O has two levels, both here.
+// Layer level (layers=density, the default): budgets from each layer's attention density. The
+// host computes d2o_layer_statistic (layer_statistic below) for every layer after prefill and
+// passes them all in LayerRequest::layer_statistics (wants_layer_statistics() asks for them; the
+// engine, simcalkv-eval and simcalkv-perplexity do it). Layer l then gets softmax(-s)_l of the
+// model's budget (LayerSchedule::density, the code's dynamic_layer_ratios, its excess over a
+// layer's length spread over the others where the code clamps it to 1), and layers 0, 1 and
+// L-1 are not compressed at all, as in the code, so the model holds more than L times the base
+// budget (exempt=false keeps the total). Without statistics every layer gets its base budget.
+// Token level, per layer and per call:
 //  1. Keep set per head: the protected entries plus the highest window-attention scorers.
-//  2. Match: each removed entry e finds its nearest kept key c (cosine similarity u_e; exact
-//     search by default).
+//  2. Match: each removed entry e finds its nearest kept key c (cosine similarity u_e). The code
+//     compares against every kept key (quadratic in the context); by default we search the 64
+//     kept entries nearest in position on each side, as SimCalKV does, which keeps compression
+//     linear (search=exact: the code's rule).
 //  3. One decision for the layer (decide_matches): the threshold is the mean of every compressed
 //     head's best similarities, tau = mean u; with a threshold carried from the previous step,
 //     tau = beta * mean u + (1 - beta) * tau_prev (the code's EMA of max_values.mean()). The
@@ -30,6 +36,7 @@
 // self_weight).
 #pragma once
 
+#include "simcalkv/budget_schedule.hpp"
 #include "simcalkv/kernels/scoring.hpp"
 #include "simcalkv/kernels/select.hpp"
 #include "simcalkv/kernels/similarity.hpp"
@@ -57,7 +64,11 @@ struct D2OOptions {
   float previous_threshold = std::numeric_limits<float>::quiet_NaN();
   /// The kept entry's weight in Eq. 11 before normalisation: exp(1), its similarity with itself.
   float self_weight = std::numbers::e_v<float>;
-  SimilaritySearch search = SimilaritySearch::exact;
+  /// Layer budgets from LayerRequest::layer_statistics (the code's density allocation).
+  bool density_layers = true;
+  /// Layers 0, 1 and L-1 left whole, as the code does (models of more than 3 layers).
+  bool exempt_layers = true;
+  SimilaritySearch search = SimilaritySearch::local;  // exact: the code's search over every kept key
   std::size_t search_radius = 64;  // for SimilaritySearch::local
 };
 
@@ -76,6 +87,25 @@ class D2O : public WindowScored<D2O> {
 
   [[nodiscard]] std::string_view name() const noexcept { return "D2O"; }
   [[nodiscard]] const D2OOptions& options() const noexcept { return options_; }
+  [[nodiscard]] bool wants_layer_statistics() const noexcept { return options_.density_layers; }
+
+  /// Layer level: the density schedule over the request's layer statistics (none: the base
+  /// budgets); layers 0, 1 and L-1 whole when exempt.
+  template <StorageElement T>
+  std::vector<std::size_t> schedule(const LayerRequest<T>& request, std::span<const std::size_t> base) const {
+    std::vector<std::size_t> out(base.begin(), base.end());
+    if (!options_.density_layers || request.layer_statistics.empty()) return out;
+    const int L = request.num_layers;
+    detail::require(request.layer_statistics.size() == static_cast<std::size_t>(L), ErrorCode::invalid_argument,
+                    "D2O: ", request.layer_statistics.size(), " layer statistics for ", L, " layers");
+    if (options_.exempt_layers && L > 3 && (request.layer <= 1 || request.layer == L - 1)) {
+      for (std::size_t h = 0; h < out.size(); ++h) out[h] = request.heads[h].length;
+      return out;
+    }
+    const LayerSchedule density =
+        LayerSchedule::density(std::vector<double>(request.layer_statistics.begin(), request.layer_statistics.end()));
+    return scheduled_budgets(density, request, base, stage::protection(*this, request.window));
+  }
 
   /// The merge threshold when the best similarities average `mean_best` (NaN: no match at all):
   /// the mean itself on a first eviction, else the EMA with the previous threshold.
@@ -170,13 +200,15 @@ class D2O : public WindowScored<D2O> {
   }
 
   /// D2OOptions from a registry option string: sinks, recent, beta, tau (previous threshold),
-  /// self_weight, search, radius.
+  /// self_weight, layers (density|uniform), exempt, search, radius.
   static D2OOptions read_options(PolicyOptions& o) {
     D2OOptions k;
     read_protection(o, k);
     k.beta = static_cast<float>(o.get_double("beta", k.beta, 0.0, 1.0));
     if (o.has("tau")) k.previous_threshold = static_cast<float>(o.get_double("tau", 0.0, -1.0, 1.0));
     k.self_weight = static_cast<float>(o.get_double("self_weight", k.self_weight, 1e-6, 1e6));
+    k.density_layers = o.get_choice("layers", "density", {"density", "uniform"}) == "density";
+    k.exempt_layers = o.get_bool("exempt", k.exempt_layers);
     read_search(o, k);
     return k;
   }
@@ -233,5 +265,13 @@ double d2o_layer_statistic(const LayerRequest<T>& request, Workspace& workspace)
   return total / static_cast<double>(variance.size());
 }
 
+
+/// The per-layer statistic a policy that wants_layer_statistics() reads (D2O's density): the host
+/// computes it for every layer after prefill, before compressing any, and passes the values in
+/// LayerRequest::layer_statistics.
+template <StorageElement T>
+double layer_statistic(const LayerRequest<T>& request, Workspace& workspace) {
+  return d2o_layer_statistic(request, workspace);
+}
 
 }  // namespace simcalkv

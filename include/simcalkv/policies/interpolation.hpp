@@ -2,8 +2,10 @@
 //
 // The rule, per head and per call:
 //  1. Keep set: the protected entries plus the highest window-attention scorers, up to the budget.
-//  2. Each removed entry goes to its most cosine-similar kept key (exact search by default);
-//     with a `threshold`, one whose best similarity is below it is evicted instead.
+//  2. Each removed entry goes to its most cosine-similar kept key; with a `threshold`, one whose
+//     best similarity is below it is evicted instead. The research code searches every kept key
+//     (quadratic in the context); by default we search the 64 kept entries nearest in position on
+//     each side, as SimCalKV does (search=exact for the code's rule).
 //  3. A kept entry c and the entries e_1 < e_2 < ... (position order) that go to it are folded in
 //     one at a time, starting from c itself: with W the mass folded so far (W = w_c at first) and
 //     w = the window mass of an entry, w_j = sum_q exp(s_j(q) - m_q) (its bias included),
@@ -126,7 +128,7 @@ struct InterpolationKVOptions {
   int recent_tokens = -1;  // -1: as many as the window has queries
   /// Removed entries whose best cosine similarity is below this are evicted instead of merged.
   float similarity_threshold = -std::numeric_limits<float>::infinity();
-  SimilaritySearch search = SimilaritySearch::exact;
+  SimilaritySearch search = SimilaritySearch::local;  // exact: the research code's full search
   std::size_t search_radius = 64;  // for SimilaritySearch::local
 };
 

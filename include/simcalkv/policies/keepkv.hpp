@@ -24,8 +24,11 @@
 // recent queries; here the recent span is the observation window (recent = W) and its W queries
 // score. ZIP-Merging's rescaling of k' (fitted to one query) is not applied: the votes restore
 // the set's weight. Defaults: T = 0.8 (sketch_similarity_threshold), distance_weight 1.2
-// (pyramidinfer_distance_weight), 4 sinks (pyramidinfer_sink_len); search is exact, as the
-// code's cosine matrix is.
+// (pyramidinfer_distance_weight), 4 sinks (pyramidinfer_sink_len). Search: the code compares
+// every removed key with every kept one (a full cosine matrix, quadratic in the context); by
+// default we search the 64 kept entries nearest in position on each side, as SimCalKV does
+// (docs/algorithms.md: neighbouring keys are the most alike), which keeps compression linear;
+// search=exact gives the code's matrix.
 #pragma once
 
 #include "simcalkv/kernels/merge.hpp"
@@ -51,7 +54,7 @@ struct KeepKVOptions {
   float similarity_threshold = 0.8f;
   /// Weight of the newest window query relative to the oldest in the selection score.
   float distance_weight = 1.2f;
-  SimilaritySearch search = SimilaritySearch::exact;
+  SimilaritySearch search = SimilaritySearch::local;  // exact: the code's full cosine matrix
   std::size_t search_radius = 64;  // for SimilaritySearch::local
 };
 
