@@ -17,7 +17,7 @@ def main(kind, path):
             ratio, cell = r["compress_ratio"], f'{r["kl"]:.4f} / {r["top1_agreement"]:.3f} / {r["perplexity"]:.1f}'
             key = r["kl"]
         else:
-            ratio, cell, key = 1.0 - r["keep"], f'{r["rel_error_mean"]:.4f}', r["rel_error_mean"]
+            ratio, cell, key = r["compress_ratio"] if "compress_ratio" in r else 1.0 - r["keep"], f'{r["rel_error_mean"]:.4f}', r["rel_error_mean"]
         rows.setdefault(r["policy"], {})[round(ratio, 4)] = (cell, key)
     ratios = [0.5, 0.75, 0.9]
     if kind == "model":
