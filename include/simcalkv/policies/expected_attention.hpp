@@ -102,14 +102,15 @@ class ExpectedAttention : public StagedPolicy<ExpectedAttention> {
       cbar[i] /= options_.future_positions;
       sbar[i] /= options_.future_positions;
     }
-    // Rbar as a dense matrix: (x_i, x_{i+d/2}) -> (c x_i - s x_{i+d/2}, c x_{i+d/2} + s x_i).
-    std::vector<double> R(d * d, 0.0);
-    for (std::size_t i = 0; i < half; ++i) {
-      R[i * d + i] = cbar[i];
-      R[i * d + i + half] = -sbar[i];
-      R[(i + half) * d + i + half] = cbar[i];
-      R[(i + half) * d + i] = sbar[i];
-    }
+    // Rbar is a rotation per pair (x_i, x_{i+d/2}): (c x_i - s x_{i+d/2}, c x_{i+d/2} + s x_i), so
+    // applying it costs O(d) per vector and O(d^2) per matrix side.
+    auto rotate = [&](const double* x, double* out, std::size_t stride) {
+      for (std::size_t i = 0; i < half; ++i) {
+        const double a = x[i * stride], b = x[(i + half) * stride];
+        out[i * stride] = cbar[i] * a - sbar[i] * b;
+        out[(i + half) * stride] = cbar[i] * b + sbar[i] * a;
+      }
+    };
 
     const double tau = 1.0 / std::sqrt(static_cast<double>(d));
     std::vector<double> pre(W * d), mu(d), cov(d * d), mu_r(d), tmp(d * d);
@@ -129,12 +130,8 @@ class ExpectedAttention : public StagedPolicy<ExpectedAttention> {
       std::fill(mu.begin(), mu.end(), 0.0);
       for (std::size_t t = 0; t < W; ++t)
         for (std::size_t i = 0; i < d; ++i) mu[i] += pre[t * d + i] / static_cast<double>(W);
-      // 2. Rotated to the future: mu' = Rbar mu, S' = Rbar S Rbar^T.
-      for (std::size_t r = 0; r < d; ++r) {
-        double acc = 0.0;
-        for (std::size_t c = 0; c < d; ++c) acc += R[r * d + c] * mu[c];
-        mu_r[r] = acc;
-      }
+      // 2. Rotated to the future: mu' = Rbar mu, S' = Rbar S Rbar^T (columns, then rows).
+      rotate(mu.data(), mu_r.data(), 1);
       if (options_.use_covariance) {
         std::fill(cov.begin(), cov.end(), 0.0);
         for (std::size_t t = 0; t < W; ++t)
@@ -142,18 +139,9 @@ class ExpectedAttention : public StagedPolicy<ExpectedAttention> {
             const double xa = pre[t * d + a] - mu[a];
             for (std::size_t b = 0; b < d; ++b) cov[a * d + b] += xa * (pre[t * d + b] - mu[b]) / static_cast<double>(W);
           }
-        for (std::size_t a = 0; a < d; ++a)  // tmp = Rbar S
-          for (std::size_t b = 0; b < d; ++b) {
-            double acc = 0.0;
-            for (std::size_t c = 0; c < d; ++c) acc += R[a * d + c] * cov[c * d + b];
-            tmp[a * d + b] = acc;
-          }
-        for (std::size_t a = 0; a < d; ++a)  // S' = tmp Rbar^T, halved and scaled by 1/d here
-          for (std::size_t b = 0; b < d; ++b) {
-            double acc = 0.0;
-            for (std::size_t c = 0; c < d; ++c) acc += tmp[a * d + c] * R[b * d + c];
-            cov_r[a * d + b] = static_cast<float>(acc / (2.0 * static_cast<double>(d)));
-          }
+        for (std::size_t b = 0; b < d; ++b) rotate(cov.data() + b, tmp.data() + b, d);  // Rbar S: each column
+        for (std::size_t a = 0; a < d; ++a) rotate(tmp.data() + a * d, cov.data() + a * d, 1);  // (Rbar S) Rbar^T: each row
+        for (std::size_t x = 0; x < d * d; ++x) cov_r[x] = static_cast<float>(cov[x] / (2.0 * static_cast<double>(d)));
         // quad[j] = k_j^T S' k_j / (2 d): one product for all entries, then row dots.
         kernels::gemm_nt(s.keys.data(), n, cov_r.data(), d, d, quad.data(), d);
       }
