@@ -22,8 +22,9 @@
 #include "simcalkv/policies/match.hpp"
 #include "simcalkv/stages.hpp"
 
+#include <algorithm>
 #include <cmath>
-#include <limits>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <utility>
