@@ -97,8 +97,8 @@ inline SimCalKVOptions read_simcalkv_options(PolicyOptions& o) {
   return s;
 }
 
-/// Inner policies "AdaKV+<Name>" accepts: those taking per-head budgets. Options go to the inner
-/// policy, except alpha (AdaKV's floor).
+/// An inner policy a composition ("AdaKV+<Name>", "Merging+<Name>") accepts, and how to make the
+/// composed policy from the options (the inner's plus the wrapper's: AdaKV's alpha, Merging's threshold...).
 struct AdaKVInner {
   const char* name;
   AnyPolicy (*make)(PolicyOptions&);
@@ -135,29 +135,42 @@ inline const std::vector<AdaKVInner>& adakv_inners() {
   return inners;
 }
 
-inline AnyPolicy make_adakv_of(std::string_view inner, PolicyOptions& o) {
-  for (const auto& entry : adakv_inners())
+/// A composed policy family, "<Prefix>+<Inner>[:options]": its prefix, the inners it takes, and
+/// what the error says when the inner is not one of them.
+struct Composition {
+  const char* prefix;  // "AdaKV"
+  const std::vector<AdaKVInner>& (*inners)();
+  const char* refusal;  // "' is not a policy that takes per-head budgets; AdaKV composes with: "
+};
+
+inline AnyPolicy make_composed_of(const Composition& c, std::string_view inner, PolicyOptions& o) {
+  for (const auto& entry : c.inners())
     if (to_lower(entry.name) == to_lower(inner)) return entry.make(o);
   std::vector<std::string> names;
-  for (const auto& entry : adakv_inners()) names.push_back(entry.name);
-  fail(ErrorCode::invalid_argument, "AdaKV+", inner, ": '", inner,
-       "' is not a policy that takes per-head budgets; AdaKV composes with: ", join(names));
+  for (const auto& entry : c.inners()) names.push_back(entry.name);
+  fail(ErrorCode::invalid_argument, c.prefix, "+", inner, ": '", inner, c.refusal, join(names));
 }
 
-/// "AdaKV+<Name>[:options]" for any inner policy in adakv_inners(); nullopt if `name` is not
-/// of that form.
-inline std::optional<AnyPolicy> make_adakv_composition(const std::string& name, std::string_view options,
-                                                       std::string_view spec) {
-  const std::string prefix = "adakv+";
+/// "<Prefix>+<Name>[:options]" for any inner of the family; nullopt if `name` is not of that form.
+inline std::optional<AnyPolicy> make_composition(const Composition& c, const std::string& name,
+                                                 std::string_view options, std::string_view spec) {
+  const std::string prefix = to_lower(c.prefix) + "+";
   if (to_lower(name).rfind(prefix, 0) != 0) return std::nullopt;
   const std::string inner = name.substr(prefix.size());
   std::string canonical = inner;
-  for (const auto& entry : adakv_inners())
+  for (const auto& entry : c.inners())
     if (to_lower(entry.name) == to_lower(inner)) canonical = entry.name;
-  PolicyOptions parsed("AdaKV+" + canonical, options);
-  AnyPolicy policy = make_adakv_of(inner, parsed);
+  PolicyOptions parsed(std::string(c.prefix) + "+" + canonical, options);
+  AnyPolicy policy = make_composed_of(c, inner, parsed);
   parsed.finish();
   return AnyPolicy(policy, std::string(spec));
+}
+
+inline const Composition adakv_composition{"AdaKV", &adakv_inners,
+                                           "' is not a policy that takes per-head budgets; AdaKV composes with: "};
+
+inline AnyPolicy make_adakv_of(std::string_view inner, PolicyOptions& o) {
+  return make_composed_of(adakv_composition, inner, o);
 }
 
 /// "Merging+<Name>[:options]": kvpress's MergingPress around an eviction policy (its options plus
@@ -184,27 +197,11 @@ inline const std::vector<AdaKVInner>& merging_inners() {
   return inners;
 }
 
-inline AnyPolicy make_merging_of(std::string_view inner, PolicyOptions& o) {
-  for (const auto& entry : merging_inners())
-    if (to_lower(entry.name) == to_lower(inner)) return entry.make(o);
-  std::vector<std::string> names;
-  for (const auto& entry : merging_inners()) names.push_back(entry.name);
-  fail(ErrorCode::invalid_argument, "Merging+", inner, ": '", inner,
-       "' is not an eviction policy Merging wraps; Merging composes with: ", join(names));
-}
+inline const Composition merging_composition{
+    "Merging", &merging_inners, "' is not an eviction policy Merging wraps; Merging composes with: "};
 
-inline std::optional<AnyPolicy> make_merging_composition(const std::string& name, std::string_view options,
-                                                         std::string_view spec) {
-  const std::string prefix = "merging+";
-  if (to_lower(name).rfind(prefix, 0) != 0) return std::nullopt;
-  const std::string inner = name.substr(prefix.size());
-  std::string canonical = inner;
-  for (const auto& entry : merging_inners())
-    if (to_lower(entry.name) == to_lower(inner)) canonical = entry.name;
-  PolicyOptions parsed("Merging+" + canonical, options);
-  AnyPolicy policy = make_merging_of(inner, parsed);
-  parsed.finish();
-  return AnyPolicy(policy, std::string(spec));
+inline AnyPolicy make_merging_of(std::string_view inner, PolicyOptions& o) {
+  return make_composed_of(merging_composition, inner, o);
 }
 
 }  // namespace detail
@@ -306,8 +303,8 @@ SIMCALKV_REGISTRY_INLINE AnyPolicy make_policy(std::string_view spec) {
     parsed.finish();
     return AnyPolicy(policy, std::string(spec));
   }
-  if (auto composed = detail::make_adakv_composition(name, options, spec)) return *composed;
-  if (auto composed = detail::make_merging_composition(name, options, spec)) return *composed;
+  for (const auto* family : {&detail::adakv_composition, &detail::merging_composition})
+    if (auto composed = detail::make_composition(*family, name, options, spec)) return *composed;
   detail::fail(ErrorCode::invalid_argument, "unknown policy '", name, "'; policies: ", join(policy_names()));
 }
 
