@@ -2,7 +2,9 @@
 #  - the core (everything but io/ and cuda/) includes no nlohmann-json, no mmap and nothing of io/;
 #  - kernels/ includes no policy header (policy.hpp, stages.hpp, policies/);
 #  - core.hpp (the light umbrella) does not include the registry;
-#  - a policy includes another policy only where it runs that policy's stages (PyramidKV: SnapKV).
+#  - a policy includes another policy only where it runs that policy's stages (PyramidKV: SnapKV);
+#  - the CUDA headers share with the CPU library only its plain headers (options.hpp, plan_view.hpp),
+#    and plan_view.hpp includes nothing of the library, so one plan type serves both sides.
 # Usage: cmake -DROOT=<include/simcalkv> -P check_header_layers.cmake
 file(GLOB_RECURSE headers RELATIVE ${ROOT} ${ROOT}/*.hpp)
 set(problems "")
@@ -26,6 +28,15 @@ foreach(h IN LISTS headers)
       if(NOT (target STREQUAL "match" OR (h STREQUAL "policies/pyramidkv.hpp" AND target STREQUAL "snapkv")))
         string(APPEND problems "  ${h}: includes another policy's header: ${line}\n")
       endif()
+    endif()
+  endforeach()
+endforeach()
+file(GLOB cuda_headers RELATIVE ${ROOT} ${ROOT}/cuda/*.cuh ${ROOT}/cuda/*/*.cuh)
+foreach(h IN LISTS cuda_headers plan_view.hpp)
+  file(STRINGS ${ROOT}/${h} includes REGEX "^#include \"simcalkv/")
+  foreach(line IN LISTS includes)
+    if(NOT line MATCHES "simcalkv/(cuda/|options\\.hpp|plan_view\\.hpp)" OR (h STREQUAL "plan_view.hpp"))
+      string(APPEND problems "  ${h}: shares more than the plain headers with the CPU library: ${line}\n")
     endif()
   endforeach()
 endforeach()

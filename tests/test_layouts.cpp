@@ -381,3 +381,46 @@ TEST_CASE("a shared selection keeps one set, selected by the heads' mean score",
   }
   CHECK(lowest_kept >= highest_removed);
 }
+
+TEST_CASE("a plan flattened to the plain view the GPU reads comes back the same and applies the same",
+          "[layouts][plan_view]") {
+  const Window window(kHeads * kGroup, kWindow, kDim, kLength, 3);
+  for (const auto& name : policy_names()) {
+    DYNAMIC_SECTION(name) {
+      const AnyPolicy policy = make_policy(name);
+      Workspace ws;
+      Layer<half> a(kHeads, kDim, kLength), b(kHeads, kDim, kLength);
+      fill(a, 21, policy.selects_per_layer());
+      fill(b, 21, policy.selects_per_layer());
+      const LayerPlan plan = policy.plan(request<half>(a.span(), window.view), ws);
+      const FlatLayerPlan flat = flatten(plan);
+      const LayerPlanView view = flat.view();
+      REQUIRE(view.num_seqs == kHeads);
+      std::size_t slots = 0;
+      for (std::size_t h = 0; h < plan.num_heads(); ++h) {
+        CHECK(view.first_slot[h] == static_cast<std::int32_t>(slots));
+        CHECK(view.kept[h] == static_cast<std::int32_t>(plan.kept(h)));
+        slots += plan.kept(h);
+      }
+      CHECK(flat.slots() == slots);
+      const LayerPlan back = unflatten(view, flat.length_before, plan.policy);
+      REQUIRE(back.num_heads() == plan.num_heads());
+      for (std::size_t h = 0; h < plan.num_heads(); ++h) {
+        INFO("KV head " << h);
+        const HeadPlan &p = plan.heads[h], &q = back.heads[h];
+        CHECK(q.keep == p.keep);
+        CHECK(q.row_of_slot == p.row_of_slot);
+        CHECK(q.row_updates == p.row_updates);
+        CHECK(std::equal(q.row_keys.begin(), q.row_keys.end(), p.row_keys.begin()));
+        CHECK(std::equal(q.row_values.begin(), q.row_values.end(), p.row_values.begin()));
+        CHECK(q.row_bias == p.row_bias);
+        CHECK(q.row_score == p.row_score);
+        CHECK(q.slot_scores == p.slot_scores);
+        CHECK(q.identity == p.identity);
+      }
+      apply_plan<half>(plan, a.span());
+      apply_plan<half>(back, b.span());
+      check_same_heads<half>(b.views, a.views);
+    }
+  }
+}

@@ -13,7 +13,7 @@ chmod +x /tmp/bin/*
   python3 -c 'import torch; print("torch", torch.__version__)'
 } >"$out/bench.log" 2>&1
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
-  for g in types policies shards decode; do
+  for g in types policies shards plans decode; do
     timeout 60 /tmp/bin/test_cuda --only "$g" --json "/tmp/cuda_tests_$g.json" >>"$out/tests.log" 2>&1
     echo "== $g exit $?" | tee -a "$out/tests.log"
   done

@@ -1,10 +1,13 @@
 // simcalkv: a type-erased policy, for hosts and tools that choose the method at run time.
 #pragma once
 
+#include "simcalkv/error.hpp"
 #include "simcalkv/plan.hpp"
 #include "simcalkv/policy.hpp"
+#include "simcalkv/stages.hpp"
 
 #include <concepts>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -61,6 +64,20 @@ class AnyPolicy {
   /// Whether the policy's layer budgets read LayerRequest::layer_statistics (D2O's density
   /// budgets): the host then computes layer_statistic() for every layer before compressing any.
   [[nodiscard]] bool wants_layer_statistics() const noexcept { return impl_->wants_layer_statistics(); }
+  /// Whether the policy moves budget between the heads of a layer by their scores (AdaKV+...):
+  /// then score_layer / reallocate_scores split that step for heads spread over ranks.
+  [[nodiscard]] bool reallocates() const noexcept { return impl_->reallocates(); }
+  /// A reallocating policy's view of the request before the reallocation (stage::score_layer);
+  /// throws for a policy that does not reallocate.
+  template <StorageElement T>
+  LayerScores score_layer(const LayerRequest<T>& request, Workspace& workspace) const {
+    return impl_->score_layer(request, workspace);
+  }
+  /// A reallocating policy's per-head budgets for the heads of `layer` (every rank's, gathered);
+  /// throws for a policy that does not reallocate.
+  [[nodiscard]] std::vector<std::size_t> reallocate_scores(const LayerScores& layer, const WindowView& window) const {
+    return impl_->reallocate_scores(layer, window);
+  }
   /// The wrapped policy, if it is a P.
   template <class P>
   [[nodiscard]] const P* target() const noexcept {
@@ -78,6 +95,11 @@ class AnyPolicy {
     virtual LayerPlan plan(const LayerRequest<float>&, Workspace&, const Budgets*) const = 0;
     virtual LayerPlan plan(const LayerRequest<half>&, Workspace&, const Budgets*) const = 0;
     virtual LayerPlan plan(const LayerRequest<bfloat16>&, Workspace&, const Budgets*) const = 0;
+    virtual LayerScores score_layer(const LayerRequest<float>&, Workspace&) const = 0;
+    virtual LayerScores score_layer(const LayerRequest<half>&, Workspace&) const = 0;
+    virtual LayerScores score_layer(const LayerRequest<bfloat16>&, Workspace&) const = 0;
+    virtual std::vector<std::size_t> reallocate_scores(const LayerScores&, const WindowView&) const = 0;
+    [[nodiscard]] virtual bool reallocates() const noexcept = 0;
     [[nodiscard]] virtual std::string_view name() const noexcept = 0;
     [[nodiscard]] virtual bool reads_accumulated_scores() const noexcept = 0;
     [[nodiscard]] virtual bool selects_per_layer() const noexcept = 0;
@@ -112,6 +134,31 @@ class AnyPolicy {
     LayerPlan plan(const LayerRequest<bfloat16>& r, Workspace& w, const Budgets* b) const override {
       return plan_of(r, w, b);
     }
+    static constexpr bool kReallocates = requires(const P& p, const LayerScores& l, const WindowView& w) {
+      { p.reallocate_scores(l, w) } -> std::convertible_to<std::vector<std::size_t>>;
+    };
+    [[noreturn]] void not_reallocating() const {
+      detail::require(false, ErrorCode::invalid_argument, policy.name(),
+                      " does not move budget between heads: per-layer scores and global budgets are for AdaKV+ policies");
+      std::abort();
+    }
+    template <StorageElement T>
+    LayerScores scores_of(const LayerRequest<T>& r, Workspace& w) const {
+      if constexpr (kReallocates && requires { policy.score_layer(r, w); })
+        return policy.score_layer(r, w);
+      else
+        not_reallocating();
+    }
+    LayerScores score_layer(const LayerRequest<float>& r, Workspace& w) const override { return scores_of(r, w); }
+    LayerScores score_layer(const LayerRequest<half>& r, Workspace& w) const override { return scores_of(r, w); }
+    LayerScores score_layer(const LayerRequest<bfloat16>& r, Workspace& w) const override { return scores_of(r, w); }
+    std::vector<std::size_t> reallocate_scores(const LayerScores& l, const WindowView& w) const override {
+      if constexpr (kReallocates)
+        return policy.reallocate_scores(l, w);
+      else
+        not_reallocating();
+    }
+    [[nodiscard]] bool reallocates() const noexcept override { return kReallocates; }
     [[nodiscard]] std::string_view name() const noexcept override { return policy.name(); }
     [[nodiscard]] bool reads_accumulated_scores() const noexcept override {
       return policy_reads_accumulated_scores<P>();

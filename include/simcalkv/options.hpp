@@ -37,6 +37,14 @@ inline const char* bias_mode_name(BiasMode mode) {
   return "?";
 }
 
+/// The per-head rules the CUDA kernels implement (cuda::PolicyConfig::method; the CPU classes
+/// StreamingLLM, SnapKV and SimCalKV are the same rules).
+enum class KernelMethod {
+  streaming_llm,  // sinks + most recent entries (no scores)
+  snapkv,         // top window-attention scores, optionally pooled; eviction
+  simcalkv,       // SnapKV's selection, then similarity-aware merging with a calibrated bias
+};
+
 /// How many entries a head keeps: an absolute count, a fraction kept, or the fraction removed.
 enum class BudgetKind { entries, keep_fraction, compress_ratio };
 

@@ -54,6 +54,14 @@ struct LayerRequest {
   /// a layer to the budgets its first compression chose sets it. Per-head reallocation (AdaKV)
   /// still runs, within the layer's total.
   bool schedule_budgets = true;
+  /// false: the per-head budgets given are final, and a reallocating composition (AdaKV) selects
+  /// with them instead of moving budget between the heads of this request. A layer whose KV heads
+  /// are split over ranks sets it after reallocating over every rank's heads (tensor_parallel.hpp).
+  bool reallocate_budgets = true;
+  /// The index of heads[0] in the whole layer, when the layer's KV heads are split over ranks and
+  /// this request holds one rank's: a method whose rule depends on the head's identity (CaM's
+  /// draws) then gives each head what it gets in one process.
+  std::size_t first_kv_head = 0;
   /// The model's per-layer attention statistics, one per layer, which the host computes for every
   /// layer before it compresses any (layer_statistic() in policies/d2o.hpp) when the policy's
   /// wants_layer_statistics() says so: D2O's density budgets. Empty: none; such a policy then

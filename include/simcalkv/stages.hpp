@@ -47,7 +47,8 @@ struct HeadContext {
   const WindowView& window;  // the policy's scoring window
   int layer = 0;
   int num_layers = 1;
-  int kv_head = 0;
+  int kv_head = 0;         // the head's index in the request (and in its window's query heads)
+  int global_kv_head = 0;  // its index in the whole layer: kv_head + LayerRequest::first_kv_head
   int group = 1;
   Protection protection{};  // for this head's budget (set before Select)
   std::size_t budget = 0;   // set before Select; a score stage must not depend on it
@@ -169,7 +170,8 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
   std::vector<HeadScratch*> scratch(H);
   for (std::size_t h = 0; h < H; ++h) scratch[h] = &workspace.head(h);
   auto context = [&](std::size_t h) {
-    HeadContext<T> ctx{request.heads[h], window, request.layer, request.num_layers, static_cast<int>(h), group};
+    HeadContext<T> ctx{request.heads[h], window, request.layer, request.num_layers, static_cast<int>(h),
+                       static_cast<int>(request.first_kv_head + h), group};
     ctx.rope_theta = request.rope_theta;
     return ctx;
   };
@@ -190,11 +192,13 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
   });
 
   if constexpr (reallocates) {
-    std::vector<std::span<const float>> scores(H);
-    for (std::size_t h = 0; h < H; ++h) scores[h] = scratch[h]->selection_score;
-    budgets = policy.reallocate(request, scores, budgets, protection);
-    require(budgets.size() == H, ErrorCode::invalid_argument, who, ": reallocation gave ", budgets.size(),
-            " budgets for ", H, " heads");
+    if (request.reallocate_budgets) {
+      std::vector<std::span<const float>> scores(H);
+      for (std::size_t h = 0; h < H; ++h) scores[h] = scratch[h]->selection_score;
+      budgets = policy.reallocate(request, scores, budgets, protection);
+      require(budgets.size() == H, ErrorCode::invalid_argument, who, ": reallocation gave ", budgets.size(),
+              " budgets for ", H, " heads");
+    }
   }
   for (std::size_t h = 0; h < H; ++h)
     require(budgets[h] <= request.heads[h].length, ErrorCode::budget_out_of_range, who, ": KV head ", h,
@@ -263,6 +267,87 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
   return out;
 }
 
+/// What a reallocating composition (AdaKV) reads of a layer before it moves budget between heads:
+/// per KV head its length, its budget before the reallocation (after the layer schedule) and its
+/// selection scores. A layer whose KV heads are split over ranks gathers every rank's LayerScores,
+/// in head order, to reallocate over the whole layer (tensor_parallel.hpp).
+struct LayerScores {
+  std::vector<std::size_t> lengths;
+  std::vector<std::size_t> budgets;
+  std::vector<float> scores;  // the heads' scores one after the other (lengths[h] each)
+
+  [[nodiscard]] std::size_t num_heads() const noexcept { return lengths.size(); }
+  /// Appends another shard's heads after these.
+  void append(const LayerScores& other) {
+    lengths.insert(lengths.end(), other.lengths.begin(), other.lengths.end());
+    budgets.insert(budgets.end(), other.budgets.begin(), other.budgets.end());
+    scores.insert(scores.end(), other.scores.begin(), other.scores.end());
+  }
+  /// Per-head views of the scores; throws if the sizes disagree.
+  [[nodiscard]] std::vector<std::span<const float>> per_head(const std::string& who) const {
+    detail::require(budgets.size() == lengths.size(), ErrorCode::invalid_argument, who, ": ", lengths.size(),
+                    " lengths but ", budgets.size(), " budgets");
+    std::vector<std::span<const float>> out;
+    std::size_t at = 0;
+    for (const std::size_t n : lengths) {
+      detail::require(at + n <= scores.size(), ErrorCode::invalid_argument, who, ": ", scores.size(),
+                      " scores for heads of ", at + n, " entries and more");
+      out.emplace_back(scores.data() + at, n);
+      at += n;
+    }
+    detail::require(at == scores.size(), ErrorCode::invalid_argument, who, ": ", scores.size(),
+                    " scores for heads of ", at, " entries");
+    return out;
+  }
+};
+
+namespace stage {
+
+/// The stages plan_layer runs before a reallocation -- checks, schedule, every head's score --
+/// without selecting anything: the same calls, so the scores are the ones plan_layer ranks by.
+template <class P, StorageElement T>
+LayerScores score_layer(const P& policy, const LayerRequest<T>& request, Workspace& workspace,
+                        std::span<const std::size_t> base) {
+  using detail::require;
+  const std::string who(policy.name());
+  stage::check(policy, request);
+  const Protection protection = stage::protection(policy, request.window);
+  detail::validate_request(request, who, base, protection);
+  LayerScores out;
+  out.budgets = request.schedule_budgets ? stage::schedule(policy, request, base)
+                                         : std::vector<std::size_t>(base.begin(), base.end());
+  const std::size_t H = request.heads.size();
+  require(out.budgets.size() == H, ErrorCode::invalid_argument, who, ": the schedule gave ", out.budgets.size(),
+          " budgets for ", H, " heads");
+  const WindowView window = stage::scoring_window(policy, request.window);
+  workspace.prepare(H);
+  request.exec().parallel_for(H, [&](std::size_t h) {
+    HeadScratch& s = workspace.head(h);
+    const HeadView<T>& head = request.heads[h];
+    detail::validate_head_contents(head, who + ": KV head " + std::to_string(h), request.check_finite, s.floats);
+    HeadContext<T> ctx{head,
+                       window,
+                       request.layer,
+                       request.num_layers,
+                       static_cast<int>(h),
+                       static_cast<int>(request.first_kv_head + h),
+                       request.group_size()};
+    ctx.rope_theta = request.rope_theta;
+    s.selection_score.clear();
+    policy.score(ctx, s);
+    require(s.selection_score.size() == head.length, ErrorCode::invalid_argument, who, ": KV head ", h,
+            ": the score stage gave ", s.selection_score.size(), " scores for ", head.length, " entries");
+  });
+  for (std::size_t h = 0; h < H; ++h) {
+    out.lengths.push_back(request.heads[h].length);
+    const auto& sc = workspace.head(h).selection_score;
+    out.scores.insert(out.scores.end(), sc.begin(), sc.end());
+  }
+  return out;
+}
+
+}  // namespace stage
+
 /// plan / plan_with_budgets / compress / compress_with_budgets for a policy made of stages. A
 /// derived class may replace plan_with_budgets (LayerScheduled does, around an opaque policy);
 /// the others go through it.
@@ -276,13 +361,24 @@ class StagedPolicy {
   /// the protected entries is still an error (the caller asked for something exact).
   template <StorageElement T>
   LayerPlan plan(const LayerRequest<T>& request, Workspace& workspace) const {
+    return self().plan_with_budgets(request, workspace, base_budgets(request));
+  }
+  /// The per-head budgets plan() starts from: the request's budget per head, raised to the
+  /// protected entries where it is a fraction.
+  template <StorageElement T>
+  std::vector<std::size_t> base_budgets(const LayerRequest<T>& request) const {
     std::vector<std::size_t> budgets = uniform_head_budgets(request);
     if (request.budget.kind() != BudgetKind::entries) {
       const Protection protection = stage::protection(self(), request.window);
       for (std::size_t h = 0; h < budgets.size(); ++h)
         budgets[h] = std::max(budgets[h], protection.count(request.heads[h].length));
     }
-    return self().plan_with_budgets(request, workspace, budgets);
+    return budgets;
+  }
+  /// What plan() would reallocate from (stage::score_layer from base_budgets()).
+  template <StorageElement T>
+  LayerScores score_layer(const LayerRequest<T>& request, Workspace& workspace) const {
+    return stage::score_layer(self(), request, workspace, base_budgets(request));
   }
   /// `base` are the per-head budgets before the policy's own schedule or reallocation.
   template <StorageElement T>

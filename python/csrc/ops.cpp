@@ -10,6 +10,7 @@
 #include "simcalkv/kernels/attention.hpp"
 #include "simcalkv/layouts/compact.hpp"
 #include "simcalkv/registry.hpp"
+#include "simcalkv/tensor_parallel.hpp"
 
 #ifdef SIMCALKV_WITH_CUDA
 #include "cuda_ops.h"
@@ -125,31 +126,82 @@ auto with_storage(at::ScalarType dtype, Body&& body) {
   }
 }
 
+/// The window arguments every op that plans reads, checked.
+struct WindowInput {
+  at::Tensor queries, positions;
+  int64_t num_query_heads = 0, tokens = 0;
+};
+
+WindowInput check_window(const Ragged& in, const at::Tensor& window_queries, const at::Tensor& window_positions) {
+  expect_shape(window_queries, "window_queries", {-1, -1, in.head_dim});
+  expect(window_queries.scalar_type() == at::kFloat, "window_queries: must be float32");
+  WindowInput w;
+  w.queries = window_queries.contiguous();
+  w.num_query_heads = w.queries.size(0);
+  w.tokens = w.queries.size(1);
+  expect(w.num_query_heads % in.heads == 0, "window_queries: " + std::to_string(w.num_query_heads) +
+                                                " query heads are not a multiple of " + std::to_string(in.heads) +
+                                                " KV heads");
+  expect_shape(window_positions, "window_positions", {w.tokens});
+  expect(window_positions.scalar_type() == at::kInt, "window_positions: must be int32");
+  w.positions = window_positions.contiguous();
+  return w;
+}
+
+template <class T>
+simcalkv::LayerRequest<T> make_request(std::vector<simcalkv::HeadView<T>>& heads, const WindowInput& w, int64_t head_dim,
+                                       double compress_ratio, int64_t layer, int64_t num_layers) {
+  simcalkv::LayerRequest<T> request;
+  request.heads = heads;
+  request.window = simcalkv::make_window_view(w.queries.data_ptr<float>(), w.positions.data_ptr<int32_t>(),
+                                              static_cast<int>(w.num_query_heads), static_cast<int>(w.tokens),
+                                              static_cast<int>(head_dim));
+  request.budget = simcalkv::Budget::compress_ratio(compress_ratio);
+  request.layer = static_cast<int>(layer);
+  request.num_layers = static_cast<int>(num_layers);
+  return request;
+}
+
+void check_ratio_and_layer(double compress_ratio, int64_t layer, int64_t num_layers) {
+  expect(compress_ratio >= 0.0 && compress_ratio < 1.0,
+         "compress_ratio: " + std::to_string(compress_ratio) + " is outside [0, 1) (the fraction of entries removed)");
+  expect(num_layers > 0 && layer >= 0 && layer < num_layers, "layer: must be in [0, num_layers)");
+}
+
+at::Tensor checked_scores(const Ragged& in, const c10::optional<at::Tensor>& scores) {
+  if (!scores) return at::Tensor();
+  expect_shape(*scores, "scores", {in.offsets.back()});
+  expect(scores->scalar_type() == at::kFloat, "scores: must be float32");
+  return scores->contiguous().clone();
+}
+
+/// Per-head budgets given to compress_ragged: final (as a global AdaKV computed them), in range.
+std::vector<std::size_t> checked_budgets(const Ragged& in, const at::Tensor& budgets) {
+  expect_shape(budgets, "budgets", {in.heads});
+  expect(budgets.scalar_type() == at::kLong, "budgets: must be int64");
+  const auto b = budgets.contiguous();
+  std::vector<std::size_t> out(static_cast<std::size_t>(in.heads));
+  for (int64_t h = 0; h < in.heads; ++h) {
+    const int64_t x = b.data_ptr<int64_t>()[h], n = in.lengths.data_ptr<int64_t>()[h];
+    expect(x >= 0 && x <= n, "budgets: KV head " + std::to_string(h) + " has budget " + std::to_string(x) +
+                                 " outside [0, " + std::to_string(n) + "]");
+    out[static_cast<std::size_t>(h)] = static_cast<std::size_t>(x);
+  }
+  return out;
+}
+
 pybind11::dict compress_ragged(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& bias,
                                const at::Tensor& positions, const at::Tensor& lengths, const at::Tensor& window_queries,
                                const at::Tensor& window_positions, const std::string& spec, double compress_ratio,
                                c10::optional<at::Tensor> scores, bool shared_selection, int64_t layer,
-                               int64_t num_layers, int64_t threads) {
+                               int64_t num_layers, int64_t threads, c10::optional<at::Tensor> budgets,
+                               int64_t first_kv_head) {
   Ragged in = check_ragged(keys, values, bias, positions, lengths);
-  expect(compress_ratio >= 0.0 && compress_ratio < 1.0,
-         "compress_ratio: " + std::to_string(compress_ratio) + " is outside [0, 1) (the fraction of entries removed)");
-  expect(num_layers > 0 && layer >= 0 && layer < num_layers, "layer: must be in [0, num_layers)");
-  expect_shape(window_queries, "window_queries", {-1, -1, in.head_dim});
-  expect(window_queries.scalar_type() == at::kFloat, "window_queries: must be float32");
-  const auto wq = window_queries.contiguous();
-  const int64_t num_query_heads = wq.size(0), w = wq.size(1);
-  expect(num_query_heads % in.heads == 0, "window_queries: " + std::to_string(num_query_heads) +
-                                              " query heads are not a multiple of " + std::to_string(in.heads) +
-                                              " KV heads");
-  expect_shape(window_positions, "window_positions", {w});
-  expect(window_positions.scalar_type() == at::kInt, "window_positions: must be int32");
-  const auto wp = window_positions.contiguous();
-  at::Tensor score_buf;
-  if (scores) {
-    expect_shape(*scores, "scores", {in.offsets.back()});
-    expect(scores->scalar_type() == at::kFloat, "scores: must be float32");
-    score_buf = scores->contiguous().clone();
-  }
+  check_ratio_and_layer(compress_ratio, layer, num_layers);
+  expect(first_kv_head >= 0, "first_kv_head: must be >= 0");
+  const WindowInput window = check_window(in, window_queries, window_positions);
+  at::Tensor score_buf = checked_scores(in, scores);
+  const std::vector<std::size_t> final_budgets = budgets ? checked_budgets(in, *budgets) : std::vector<std::size_t>{};
   const auto& policy = policy_of(spec);
 
   // Plan on the caller's tensors (planning only reads), then apply to copies: the inputs stay as
@@ -165,20 +217,14 @@ pybind11::dict compress_ragged(const at::Tensor& keys, const at::Tensor& values,
   with_storage(in.keys.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     auto heads = views_of<T>(work, score_buf.defined() ? score_buf.data_ptr<float>() : nullptr);
-    simcalkv::LayerRequest<T> request;
-    request.heads = heads;
-    request.window = simcalkv::make_window_view(wq.data_ptr<float>(), wp.data_ptr<int32_t>(),
-                                                static_cast<int>(num_query_heads), static_cast<int>(w),
-                                                static_cast<int>(in.head_dim));
-    request.budget = simcalkv::Budget::compress_ratio(compress_ratio);
-    request.layer = static_cast<int>(layer);
-    request.num_layers = static_cast<int>(num_layers);
+    auto request = make_request<T>(heads, window, in.head_dim, compress_ratio, layer, num_layers);
     request.shared_selection = shared_selection;
+    request.first_kv_head = static_cast<std::size_t>(first_kv_head);
     simcalkv::ThreadExecutor executor(static_cast<int>(threads));
     if (threads > 1) request.executor = &executor;
     simcalkv::Workspace workspace;
     try {
-      plan = policy.plan(request, workspace);
+      plan = budgets ? simcalkv::plan_shard(policy, request, workspace, final_budgets) : policy.plan(request, workspace);
       stats = simcalkv::apply_plan(plan, std::span<simcalkv::HeadView<T>>(heads));
     } catch (const simcalkv::Error& e) {
       fail(e.what());
@@ -222,6 +268,81 @@ pybind11::dict compress_ragged(const at::Tensor& keys, const at::Tensor& values,
   result["merged"] = stats.merged;
   result["evicted"] = stats.evicted;
   return result;
+}
+
+/// A reallocating policy's (AdaKV's) per-head lengths, budgets and selection scores of one ragged
+/// layer: what the ranks of a tensor-parallel layer gather for global budgets (tensor_parallel.hpp).
+pybind11::dict score_layer(const at::Tensor& keys, const at::Tensor& values, const at::Tensor& bias,
+                           const at::Tensor& positions, const at::Tensor& lengths, const at::Tensor& window_queries,
+                           const at::Tensor& window_positions, const std::string& spec, double compress_ratio,
+                           c10::optional<at::Tensor> scores, int64_t layer, int64_t num_layers, int64_t threads,
+                           int64_t first_kv_head) {
+  Ragged in = check_ragged(keys, values, bias, positions, lengths);
+  check_ratio_and_layer(compress_ratio, layer, num_layers);
+  expect(first_kv_head >= 0, "first_kv_head: must be >= 0");
+  const WindowInput window = check_window(in, window_queries, window_positions);
+  at::Tensor score_buf = checked_scores(in, scores);
+  const auto& policy = policy_of(spec);
+  simcalkv::LayerScores out;
+  with_storage(in.keys.scalar_type(), [&](auto tag) {
+    using T = decltype(tag);
+    auto heads = views_of<T>(in, score_buf.defined() ? score_buf.data_ptr<float>() : nullptr);
+    auto request = make_request<T>(heads, window, in.head_dim, compress_ratio, layer, num_layers);
+    request.first_kv_head = static_cast<std::size_t>(first_kv_head);
+    simcalkv::ThreadExecutor executor(static_cast<int>(threads));
+    if (threads > 1) request.executor = &executor;
+    simcalkv::Workspace workspace;
+    try {
+      out = policy.score_layer(request, workspace);
+    } catch (const simcalkv::Error& e) {
+      fail(e.what());
+    }
+    return 0;
+  });
+  auto to_long = [](const std::vector<std::size_t>& v) {
+    auto t = at::empty({static_cast<int64_t>(v.size())}, at::TensorOptions().dtype(at::kLong));
+    for (std::size_t i = 0; i < v.size(); ++i) t.data_ptr<int64_t>()[i] = static_cast<int64_t>(v[i]);
+    return t;
+  };
+  pybind11::dict result;
+  result["lengths"] = to_long(out.lengths);
+  result["budgets"] = to_long(out.budgets);
+  auto s = at::empty({static_cast<int64_t>(out.scores.size())}, at::TensorOptions().dtype(at::kFloat));
+  std::copy(out.scores.begin(), out.scores.end(), s.data_ptr<float>());
+  result["scores"] = s;
+  return result;
+}
+
+/// The whole layer's per-head budgets from every rank's score_layer output, concatenated in rank
+/// order; `window_tokens` is the window's length (it sets the protected recent entries).
+at::Tensor global_budgets(const std::string& spec, const at::Tensor& lengths, const at::Tensor& budgets,
+                          const at::Tensor& scores, int64_t window_tokens) {
+  expect_shape(lengths, "lengths", {-1});
+  expect_shape(budgets, "budgets", {lengths.size(0)});
+  expect_shape(scores, "scores", {-1});
+  expect(lengths.scalar_type() == at::kLong && budgets.scalar_type() == at::kLong, "lengths, budgets: must be int64");
+  expect(scores.scalar_type() == at::kFloat, "scores: must be float32");
+  expect(window_tokens > 0, "window_tokens: must be positive");
+  const auto l = lengths.contiguous(), b = budgets.contiguous(), sc = scores.contiguous();
+  simcalkv::LayerScores layer;
+  for (int64_t h = 0; h < l.size(0); ++h) {
+    expect(l.data_ptr<int64_t>()[h] >= 0 && b.data_ptr<int64_t>()[h] >= 0,
+           "lengths, budgets: KV head " + std::to_string(h) + " has a negative value");
+    layer.lengths.push_back(static_cast<std::size_t>(l.data_ptr<int64_t>()[h]));
+    layer.budgets.push_back(static_cast<std::size_t>(b.data_ptr<int64_t>()[h]));
+  }
+  layer.scores.assign(sc.data_ptr<float>(), sc.data_ptr<float>() + sc.numel());
+  simcalkv::WindowView window;  // only its length matters: the protected recent entries
+  window.num_tokens = static_cast<int>(window_tokens);
+  std::vector<std::size_t> out;
+  try {
+    out = policy_of(spec).reallocate_scores(layer, window);
+  } catch (const simcalkv::Error& e) {
+    fail(e.what());
+  }
+  auto t = at::empty({static_cast<int64_t>(out.size())}, at::TensorOptions().dtype(at::kLong));
+  for (std::size_t i = 0; i < out.size(); ++i) t.data_ptr<int64_t>()[i] = static_cast<int64_t>(out[i]);
+  return t;
 }
 
 at::Tensor attend_ragged(const at::Tensor& queries, const at::Tensor& query_positions, const at::Tensor& keys,
@@ -401,7 +522,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         pybind11::arg("window_positions"), pybind11::arg("spec"), pybind11::arg("compress_ratio"),
         pybind11::arg("scores") = pybind11::none(), pybind11::arg("shared_selection") = false,
         pybind11::arg("layer") = 0, pybind11::arg("num_layers") = 1, pybind11::arg("threads") = 1,
-        "Compresses one ragged layer with a registry policy spec; returns the kept entries packed");
+        pybind11::arg("budgets") = pybind11::none(), pybind11::arg("first_kv_head") = 0,
+        "Compresses one ragged layer with a registry policy spec; returns the kept entries packed. "
+        "budgets (int64 [heads]): final per-head budgets, as global_budgets gives them");
+  m.def(
+      "policy_reallocates", [](const std::string& spec) { return policy_of(spec).reallocates(); },
+      pybind11::arg("spec"), "Whether the policy moves budget between the KV heads of a layer (AdaKV+...)");
+  m.def("score_layer", &score_layer, pybind11::arg("keys"), pybind11::arg("values"), pybind11::arg("bias"),
+        pybind11::arg("positions"), pybind11::arg("lengths"), pybind11::arg("window_queries"),
+        pybind11::arg("window_positions"), pybind11::arg("spec"), pybind11::arg("compress_ratio"),
+        pybind11::arg("scores") = pybind11::none(), pybind11::arg("layer") = 0, pybind11::arg("num_layers") = 1,
+        pybind11::arg("threads") = 1, pybind11::arg("first_kv_head") = 0,
+        "An AdaKV policy's per-head lengths, budgets and selection scores of one ragged layer (tensor parallelism)");
+  m.def("global_budgets", &global_budgets, pybind11::arg("spec"), pybind11::arg("lengths"), pybind11::arg("budgets"),
+        pybind11::arg("scores"), pybind11::arg("window_tokens"),
+        "Per-head budgets of a whole layer from every rank's score_layer output, in rank order");
   m.def("attend_ragged", &attend_ragged, pybind11::arg("queries"), pybind11::arg("query_positions"),
         pybind11::arg("keys"), pybind11::arg("values"), pybind11::arg("bias"), pybind11::arg("positions"),
         pybind11::arg("lengths"), pybind11::arg("scale") = 0.0,

@@ -28,6 +28,7 @@ from transformers.cache_utils import DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from . import cuda_batch
+from . import ops as _ops
 from .ragged import RaggedLayer
 
 ATTENTION_NAME = "simcalkv"
@@ -39,12 +40,21 @@ class CompressionConfig:
     tokens the layer is compressed back to the size the prefill compression left. `backend`: "auto"
     runs the CUDA kernels where they apply (a CUDA layer in bfloat16/float16, head_dim 64 or 128,
     StreamingLLM/SnapKV/SimCalKV with or without AdaKV) and the CPU library otherwise; "cpu" and
-    "cuda" insist."""
+    "cuda" insist. Under tensor parallelism (`tp_plan="auto"`, each rank holding its KV heads),
+    `tp_budgets` says how AdaKV+ policies share the budget: "shard" among the rank's heads, or
+    "global" over the whole layer, the single-process result, for two all-gathers per layer over
+    `tp_group` (simcalkv.tp); "global" runs on the CPU library's kernels."""
 
     def __init__(self, spec: str = "SimCalKV", compression_ratio: float = 0.5, window: int = 32,
-                 decode_interval: int = 0, num_layers: int = 1, threads: int = 1, backend: str = "auto"):
+                 decode_interval: int = 0, num_layers: int = 1, threads: int = 1, backend: str = "auto",
+                 tp_budgets: str = "shard", tp_group=None):
         if backend not in ("auto", "cpu", "cuda"):
             raise ValueError(f"backend '{backend}' is not one of auto, cpu, cuda")
+        if tp_budgets not in ("shard", "global"):
+            raise ValueError(f"tp_budgets '{tp_budgets}' is not one of shard, global")
+        if tp_budgets == "global" and backend == "cuda":
+            raise ValueError("tp_budgets 'global' runs on the CPU library's kernels; use backend 'auto' or 'cpu'")
+        self.tp_budgets, self.tp_group = tp_budgets, tp_group
         if not 0.0 <= compression_ratio < 1.0:
             raise ValueError(f"compression_ratio {compression_ratio} is outside [0, 1)")
         if window < 1:
@@ -136,7 +146,8 @@ class SimCalKVLayer(DynamicLayer):
         n = self.seen
         w = min(c.window, query.shape[-2], n)
         window_positions = torch.arange(n - w, n, dtype=torch.int32)
-        if c.backend != "cpu" and cuda_batch.eligible(self.keys, query.shape[1], c.spec):
+        global_budgets = c.tp_budgets == "global" and _ops.reallocates(c.spec)
+        if c.backend != "cpu" and not global_budgets and cuda_batch.eligible(self.keys, query.shape[1], c.spec):
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             batch = cuda_batch.CudaRaggedBatch(self.keys, self.values)
@@ -159,7 +170,7 @@ class SimCalKVLayer(DynamicLayer):
             row = RaggedLayer.from_dense(self.keys[b], self.values[b])
             if c.compression_ratio > 0:
                 row.compress(query[b, :, -w:], window_positions, c.spec, c.compression_ratio, self.layer_idx,
-                             c.num_layers, threads=c.threads)
+                             c.num_layers, threads=c.threads, tp_budgets=c.tp_budgets, tp_group=c.tp_group)
             rows.append(row)
         self.rows = rows
         self.target = [int(r.lengths.float().mean().round()) for r in rows]
@@ -193,7 +204,7 @@ class SimCalKVLayer(DynamicLayer):
             ratio = max(0.0, 1.0 - self.target[b] / mean) if mean > 0 else 0.0
             if ratio > 0:
                 row.compress(recent[b], window_positions, c.spec, ratio, self.layer_idx, c.num_layers,
-                             threads=c.threads)
+                             threads=c.threads, tp_budgets=c.tp_budgets, tp_group=c.tp_group)
 
 
 class SimCalKVCache(DynamicCache):
@@ -201,8 +212,10 @@ class SimCalKVCache(DynamicCache):
     Pass it as `past_key_values` with `attn_implementation="simcalkv"` (call `register()` first)."""
 
     def __init__(self, num_layers: int, spec: str = "SimCalKV", compression_ratio: float = 0.5,
-                 window: int = 32, decode_interval: int = 0, threads: int = 1, backend: str = "auto"):
-        config = CompressionConfig(spec, compression_ratio, window, decode_interval, num_layers, threads, backend)
+                 window: int = 32, decode_interval: int = 0, threads: int = 1, backend: str = "auto",
+                 tp_budgets: str = "shard", tp_group=None):
+        config = CompressionConfig(spec, compression_ratio, window, decode_interval, num_layers, threads, backend,
+                                   tp_budgets, tp_group)
         super().__init__()
         self.layers = [SimCalKVLayer(config, i) for i in range(num_layers)]
         self.layer_class_to_replicate = None
@@ -274,10 +287,13 @@ class SimCalKVPress:
     attention implementation is restored."""
 
     def __init__(self, spec: str = "SimCalKV", compression_ratio: float = 0.5, window: int = 32,
-                 decode_interval: int = 0, threads: int = 1, backend: str = "auto"):
+                 decode_interval: int = 0, threads: int = 1, backend: str = "auto", tp_budgets: str = "shard",
+                 tp_group=None):
         self.spec, self.compression_ratio, self.window = spec, compression_ratio, window
         self.decode_interval, self.threads, self.backend = decode_interval, threads, backend
-        CompressionConfig(spec, compression_ratio, window, decode_interval, backend=backend)  # validate now
+        self.tp_budgets, self.tp_group = tp_budgets, tp_group
+        CompressionConfig(spec, compression_ratio, window, decode_interval, backend=backend,
+                          tp_budgets=tp_budgets)  # validate now
 
     @contextmanager
     def __call__(self, model):
@@ -285,7 +301,7 @@ class SimCalKVPress:
         language_model = model.model.language_model if hasattr(model.model, "language_model") else model.model
         attention_layers = [layer.self_attn for layer in language_model.layers]
         config = CompressionConfig(self.spec, self.compression_ratio, self.window, self.decode_interval,
-                                   len(attention_layers), self.threads, self.backend)
+                                   len(attention_layers), self.threads, self.backend, self.tp_budgets, self.tp_group)
 
         def install(module, args, kwargs):
             cache = kwargs.get("past_key_values")

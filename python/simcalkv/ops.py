@@ -40,32 +40,9 @@ def _cpu(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach().to("cpu")
 
 
-def compress(
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    window_queries: torch.Tensor,
-    *,
-    spec: str = "SimCalKV",
-    compress_ratio: float = 0.5,
-    lengths: torch.Tensor | None = None,
-    positions: torch.Tensor | None = None,
-    bias: torch.Tensor | None = None,
-    window_positions: torch.Tensor | None = None,
-    scores: torch.Tensor | None = None,
-    shared_selection: bool = False,
-    layer: int = 0,
-    num_layers: int = 1,
-    threads: int = 1,
-) -> Compressed:
-    """Compresses one layer with a registry policy `spec` (e.g. "SnapKV", "AdaKV+SimCalKV",
-    "SimCalKV:bias=log_count") removing `compress_ratio` of its entries.
-
-    keys/values: dense [H, n, d] (every head n entries; lengths, positions and bias may be left
-    out: positions 0..n-1, bias 0) or ragged [total, d] with `lengths` [H]. window_queries: the last
-    W post-RoPE queries [num_query_heads, W, d] (any float dtype); window_positions [W] defaults to
-    the W positions after the last entry's, minus W (the window ends the prompt).
-    """
-    device = keys.device
+def _ragged_inputs(keys, values, window_queries, lengths, positions, bias, window_positions, scores):
+    """The arguments of the C++ ops from `compress`'s: CPU tensors, ragged, defaults filled in.
+    Returns (keys, values, bias, positions, lengths, window_queries, window_positions, scores)."""
     if keys.dim() == 3:
         if lengths is not None:
             raise ValueError("compress: pass lengths only with ragged [total, head_dim] keys")
@@ -97,9 +74,85 @@ def compress(
     if window_positions is None:
         last = int(positions.max()) + 1 if total else 0
         window_positions = torch.arange(last - wq.shape[1], last, dtype=torch.int32)
+    return keys, values, bias, positions, lengths, wq, _cpu(window_positions).to(torch.int32), _cpu(scores)
+
+
+def reallocates(spec: str) -> bool:
+    """Whether policy `spec` moves budget between the KV heads of a layer (AdaKV+...)."""
+    return bool(_C.policy_reallocates(spec))
+
+
+def score_layer(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    window_queries: torch.Tensor,
+    *,
+    spec: str,
+    compress_ratio: float = 0.5,
+    lengths: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    window_positions: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    layer: int = 0,
+    num_layers: int = 1,
+    threads: int = 1,
+    first_kv_head: int = 0,
+) -> dict:
+    """What an AdaKV policy `spec` reallocates from, for the layer `compress` would compress (same
+    arguments): {"lengths": int64 [H], "budgets": int64 [H] (before the reallocation), "scores":
+    float32 [sum of lengths] (every head's selection scores, one after the other)}. The ranks of a
+    tensor-parallel layer gather these to reallocate over the whole layer (`global_budgets`)."""
+    args = _ragged_inputs(keys, values, window_queries, lengths, positions, bias, window_positions, scores)
+    return dict(_C.score_layer(*args[:7], spec, float(compress_ratio), args[7], int(layer), int(num_layers),
+                               int(threads), int(first_kv_head)))
+
+
+def global_budgets(spec: str, lengths: torch.Tensor, budgets: torch.Tensor, scores: torch.Tensor,
+                   window_tokens: int) -> torch.Tensor:
+    """The per-head budgets (int64) of a whole layer from every rank's `score_layer` output,
+    concatenated in rank order: the same on every rank, and those of one process holding every
+    head."""
+    return _C.global_budgets(spec, _cpu(lengths).to(torch.int64), _cpu(budgets).to(torch.int64),
+                             _cpu(scores).to(torch.float32), int(window_tokens))
+
+
+def compress(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    window_queries: torch.Tensor,
+    *,
+    spec: str = "SimCalKV",
+    compress_ratio: float = 0.5,
+    lengths: torch.Tensor | None = None,
+    positions: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    window_positions: torch.Tensor | None = None,
+    scores: torch.Tensor | None = None,
+    shared_selection: bool = False,
+    layer: int = 0,
+    num_layers: int = 1,
+    threads: int = 1,
+    budgets: torch.Tensor | None = None,
+    first_kv_head: int = 0,
+) -> Compressed:
+    """Compresses one layer with a registry policy `spec` (e.g. "SnapKV", "AdaKV+SimCalKV",
+    "SimCalKV:bias=log_count") removing `compress_ratio` of its entries.
+
+    keys/values: dense [H, n, d] (every head n entries; lengths, positions and bias may be left
+    out: positions 0..n-1, bias 0) or ragged [total, d] with `lengths` [H]. window_queries: the last
+    W post-RoPE queries [num_query_heads, W, d] (any float dtype); window_positions [W] defaults to
+    the W positions after the last entry's, minus W (the window ends the prompt). budgets: int64 [H],
+    final per-head budgets the policy selects with as they are (no schedule, no AdaKV
+    reallocation): what `simcalkv.tp` passes after reallocating over every rank's heads.
+    first_kv_head: the index of these heads' first in the whole layer, when a rank holds a slice
+    of it (a method whose rule depends on the head's identity, CaM's draws, then repeats).
+    """
+    device = keys.device
+    args = _ragged_inputs(keys, values, window_queries, lengths, positions, bias, window_positions, scores)
     result = _C.compress_ragged(
-        keys, values, bias, positions, lengths, wq, _cpu(window_positions).to(torch.int32), spec,
-        float(compress_ratio), _cpu(scores), bool(shared_selection), int(layer), int(num_layers), int(threads),
+        *args[:7], spec, float(compress_ratio), args[7], bool(shared_selection), int(layer), int(num_layers),
+        int(threads), None if budgets is None else _cpu(budgets).to(torch.int64), int(first_kv_head),
     )
 
     def back(t):

@@ -105,11 +105,20 @@ class RaggedLayer:
         self.lengths += t
 
     def compress(self, window_queries: torch.Tensor, window_positions: torch.Tensor, spec: str,
-                 compress_ratio: float, layer: int = 0, num_layers: int = 1, **options) -> ops.Compressed:
-        """Compresses the layer in place with a registry policy; returns what `ops.compress` did."""
+                 compress_ratio: float, layer: int = 0, num_layers: int = 1, tp_budgets: str = "shard",
+                 tp_group=None, **options) -> ops.Compressed:
+        """Compresses the layer in place with a registry policy; returns what `ops.compress` did.
+        Under tensor parallelism (this layer holds one rank's KV heads), tp_budgets="global" gives
+        AdaKV+ policies the budgets of the whole layer (simcalkv.tp; a collective over tp_group)."""
         k, v, b, p, n = self.packed()
-        result = ops.compress(k, v, window_queries, spec=spec, compress_ratio=compress_ratio, lengths=n, positions=p,
-                              bias=b, window_positions=window_positions, layer=layer, num_layers=num_layers, **options)
+        args = dict(spec=spec, compress_ratio=compress_ratio, lengths=n, positions=p, bias=b,
+                    window_positions=window_positions, layer=layer, num_layers=num_layers, **options)
+        if tp_budgets == "shard":
+            result = ops.compress(k, v, window_queries, **args)
+        else:
+            from . import tp  # torch.distributed, only when asked for
+
+            result = tp.compress_shard(k, v, window_queries, budgets=tp_budgets, group=tp_group, **args)
         self._pack(result.keys, result.values, result.bias, result.positions, result.lengths)
         return result
 

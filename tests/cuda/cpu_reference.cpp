@@ -2,6 +2,8 @@
 #include "cpu_reference.hpp"
 
 #include <simcalkv/budget_schedule.hpp>
+#include <simcalkv/layouts/compact.hpp>
+#include <simcalkv/registry.hpp>
 #include <simcalkv/policies/adakv.hpp>
 #include <simcalkv/policies/layer_scheduled.hpp>
 #include <simcalkv/policies/pyramidkv.hpp>
@@ -70,30 +72,22 @@ struct Heads {
   }
 };
 
-simcalkv::kernels::Pooling pooling(Pool p) {
-  return p == Pool::max ? simcalkv::kernels::Pooling::max
-                        : p == Pool::avg ? simcalkv::kernels::Pooling::avg : simcalkv::kernels::Pooling::none;
-}
-
 simcalkv::SimCalKVOptions simcalkv_options(const Policy& p) {
   simcalkv::SimCalKVOptions o;
   o.sink_tokens = static_cast<std::size_t>(p.sinks);
   o.recent_tokens = p.recent;
-  o.pooling = pooling(p.pooling);
+  o.pooling = p.pooling;
   o.pool_kernel = p.pool_kernel;
   o.search = p.exact ? simcalkv::SimilaritySearch::exact : simcalkv::SimilaritySearch::local;
   o.search_radius = static_cast<std::size_t>(p.radius);
   o.similarity_threshold = p.threshold;
-  o.bias = p.bias == Bias::bounded      ? simcalkv::BiasMode::bounded
-           : p.bias == Bias::calibrated ? simcalkv::BiasMode::calibrated
-           : p.bias == Bias::log_count  ? simcalkv::BiasMode::log_count
-                                        : simcalkv::BiasMode::none;
+  o.bias = p.bias;
   o.merge_keys = p.merge_keys;
   return o;
 }
 
 simcalkv::SnapKVOptions snapkv_options(const Policy& p) {
-  return simcalkv::SnapKVOptions{static_cast<std::size_t>(p.sinks), p.recent, pooling(p.pooling), p.pool_kernel};
+  return simcalkv::SnapKVOptions{static_cast<std::size_t>(p.sinks), p.recent, p.pooling, p.pool_kernel};
 }
 
 template <class T>
@@ -189,6 +183,54 @@ Plan plan_t(int d, int group, int window, const Policy& p, const Request& r, int
 }
 
 template <class T>
+simcalkv::FlatLayerPlan layer_plan_t(int d, int group, int window, const Policy& p, const Request& r) {
+  Heads<T> heads(r, d);
+  auto req = make_request(heads, r, d, group, window, p);
+  simcalkv::Workspace ws;
+  const simcalkv::StreamingLLM streaming(simcalkv::StreamingLLMOptions{static_cast<std::size_t>(p.sinks)});
+  const simcalkv::SnapKV snapkv(snapkv_options(p));
+  const simcalkv::SimCalKV simcalkv_policy(simcalkv_options(p));
+  const simcalkv::AdaKVOptions ada{p.alpha};
+  if (p.method == Method::streaming_llm) return simcalkv::flatten(streaming.plan(req, ws));
+  if (p.method == Method::snapkv)
+    return simcalkv::flatten(p.adakv ? simcalkv::AdaKV<simcalkv::SnapKV>(snapkv, ada).plan(req, ws) : snapkv.plan(req, ws));
+  return simcalkv::flatten(p.adakv ? simcalkv::AdaKV<simcalkv::SimCalKV>(simcalkv_policy, ada).plan(req, ws)
+                                   : simcalkv_policy.plan(req, ws));
+}
+
+template <class T>
+bool spec_plan_t(int d, int group, int window, const std::string& spec, double keep_fraction, const Request& r,
+                 simcalkv::FlatLayerPlan* out, std::string* error) {
+  Policy p;
+  p.keep_fraction = keep_fraction;
+  Heads<T> heads(r, d);
+  auto req = make_request(heads, r, d, group, window, p);
+  req.rope_theta = 10000.0;  // ExpectedAttention asks for a RoPE base
+  simcalkv::Workspace ws;
+  try {
+    *out = simcalkv::flatten(simcalkv::make_policy(spec).plan(req, ws));
+  } catch (const std::exception& e) {
+    if (error) *error = e.what();
+    return false;
+  }
+  return true;
+}
+
+template <class T>
+bool apply_t(int d, const simcalkv::FlatLayerPlan& flat, Request& r, std::string* error) {
+  Heads<T> heads(r, d);
+  try {
+    const simcalkv::LayerPlan plan = simcalkv::unflatten(flat.view(), flat.length_before, "flattened plan");
+    simcalkv::apply_plan<T>(plan, std::span<simcalkv::HeadView<T>>(heads.views));
+  } catch (const std::exception& e) {
+    if (error) *error = e.what();
+    return false;
+  }
+  heads.write_back(r, d);
+  return true;
+}
+
+template <class T>
 void decode_t(int d, int group, const Seq& seq, const float* q, float* out) {
   Request r;
   r.heads.push_back(seq);
@@ -220,6 +262,23 @@ Plan plan_head(Elem e, int d, int group, int window, const Policy& policy, const
                std::size_t budget) {
   return e == Elem::bf16 ? plan_t<bfloat16>(d, group, window, policy, request, head, budget)
                          : plan_t<half>(d, group, window, policy, request, head, budget);
+}
+
+simcalkv::FlatLayerPlan layer_plan(Elem e, int d, int group, int window, const Policy& policy, const Request& request) {
+  return e == Elem::bf16 ? layer_plan_t<bfloat16>(d, group, window, policy, request)
+                         : layer_plan_t<half>(d, group, window, policy, request);
+}
+
+bool layer_plan(Elem e, int d, int group, int window, const std::string& spec, double keep_fraction,
+                const Request& request, simcalkv::FlatLayerPlan* plan, std::string* error) {
+  return e == Elem::bf16 ? spec_plan_t<bfloat16>(d, group, window, spec, keep_fraction, request, plan, error)
+                         : spec_plan_t<half>(d, group, window, spec, keep_fraction, request, plan, error);
+}
+
+std::vector<std::string> policy_names() { return simcalkv::policy_names(); }
+
+bool apply(Elem e, int d, const simcalkv::FlatLayerPlan& plan, Request& request, std::string* error) {
+  return e == Elem::bf16 ? apply_t<bfloat16>(d, plan, request, error) : apply_t<half>(d, plan, request, error);
 }
 
 void decode(Elem e, int d, int group, const Seq& seq, const float* queries, float* out) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <simcalkv/options.hpp>
+#include <simcalkv/plan.hpp>
 
 #include <cstdint>
 #include <limits>
@@ -12,7 +13,7 @@
 namespace ref {
 
 enum class Elem { bf16, fp16 };
-enum class Method { streaming_llm, snapkv, simcalkv };
+using Method = simcalkv::KernelMethod;  // the library's, as the GPU config uses it
 using Pool = simcalkv::Pooling;   // the library's option enums (simcalkv/options.hpp)
 using Bias = simcalkv::BiasMode;
 
@@ -69,6 +70,22 @@ std::vector<std::size_t> budgets(Elem e, int d, int group, int window, const Pol
 /// The CPU kernels' intermediate results for head `head` with `budget` (no commit).
 Plan plan_head(Elem e, int d, int group, int window, const Policy& policy, const Request& request, int head,
                std::size_t budget);
+
+/// The CPU policy's plan of one request (its public plan(): AdaKV's budgets when policy.adakv),
+/// flattened to the plain view the GPU shares (simcalkv/plan_view.hpp).
+simcalkv::FlatLayerPlan layer_plan(Elem e, int d, int group, int window, const Policy& policy, const Request& request);
+
+/// The plan of any registry policy `spec` ("H2O", "TOVA", "KeepKV", ...) keeping `keep_fraction`,
+/// flattened; false and `error` filled if the library threw.
+bool layer_plan(Elem e, int d, int group, int window, const std::string& spec, double keep_fraction,
+                const Request& request, simcalkv::FlatLayerPlan* plan, std::string* error);
+
+/// Every registry policy name.
+std::vector<std::string> policy_names();
+
+/// Applies a flattened plan to the request's heads (the compact layout); false and `error` if the
+/// plan does not fit.
+bool apply(Elem e, int d, const simcalkv::FlatLayerPlan& plan, Request& request, std::string* error);
 
 /// CPU decode attention: queries [G][d] over the sequence, out [G][d].
 void decode(Elem e, int d, int group, const Seq& seq, const float* queries, float* out);

@@ -47,20 +47,15 @@ const char* elem_name(ref::Elem e) { return e == ref::Elem::bf16 ? "bf16" : "fp1
 
 sc::PolicyConfig gpu_config(const ref::Policy& p) {
   sc::PolicyConfig c;
-  c.method = p.method == ref::Method::streaming_llm ? sc::Method::streaming_llm
-             : p.method == ref::Method::snapkv      ? sc::Method::snapkv
-                                                    : sc::Method::simcalkv;
+  c.method = p.method;  // one enum on both sides
   c.sink_tokens = p.sinks;
   c.recent_tokens = p.recent;
-  c.pooling = p.pooling == ref::Pool::max ? sc::Pooling::max : p.pooling == ref::Pool::avg ? sc::Pooling::avg : sc::Pooling::none;
+  c.pooling = p.pooling;
   c.pool_kernel = p.pool_kernel;
   c.search = p.exact ? sc::Search::exact : sc::Search::local;
   c.search_radius = p.radius;
   c.similarity_threshold = p.threshold;
-  c.bias = p.bias == ref::Bias::bounded      ? sc::BiasMode::bounded
-           : p.bias == ref::Bias::calibrated ? sc::BiasMode::calibrated
-           : p.bias == ref::Bias::log_count  ? sc::BiasMode::log_count
-                                             : sc::BiasMode::none;
+  c.bias = p.bias;
   c.merge_keys = p.merge_keys;
   c.adakv = p.adakv;
   c.adakv_alpha = p.alpha;
@@ -575,6 +570,262 @@ void shard_tests(bool quick) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// One plan type on both sides (simcalkv/plan_view.hpp): the GPU's recorded plan against the CPU
+// policy's LayerPlan, and CPU plans of every registry policy applied by the GPU's apply_plan.
+
+/// Runs compress_layer with plan_out on `kv` and returns the recorded plan, on the host.
+template <class T, class Layout>
+simcalkv::FlatLayerPlan gpu_recorded_plan(DeviceLayer<T>& D, const HostLayer& L, const ref::Policy& pol,
+                                          const Layout& layout) {
+  const sc::PolicyConfig cfg = gpu_config(pol);
+  sc::CompressShape shape;
+  shape.num_seqs = L.num_seqs();
+  shape.num_kv_heads = L.H;
+  shape.head_dim = L.d;
+  shape.window_tokens = L.W;
+  shape.group = L.G;
+  shape.max_length = L.max_len();
+  shape.total_length = L.total_len();
+  const std::size_t S = static_cast<std::size_t>(shape.num_seqs), N = static_cast<std::size_t>(shape.total_length);
+  const std::size_t d = static_cast<std::size_t>(L.d);
+  const std::size_t bytes = sc::compress_workspace_bytes<T, float>(shape, cfg);
+  DeviceBuffer<unsigned char> ws(bytes);
+  DeviceBuffer<std::int32_t> first(S), kept(S), keep(N), row_of_slot(N);
+  DeviceBuffer<std::uint8_t> updates(N);
+  DeviceBuffer<float> rk(N * d), rv(N * d), rb(N), rs(N);
+  CHECK_CUDA(cudaMemset(row_of_slot.ptr, 0xff, N * sizeof(std::int32_t)));
+  simcalkv::LayerPlanBuffers out{shape.num_seqs, L.d, first.ptr, kept.ptr, keep.ptr, row_of_slot.ptr,
+                                 updates.ptr,    rk.ptr, rv.ptr,  rb.ptr,   rs.ptr};
+  CHECK_CUDA(sc::compress_layer(D.kv(layout), D.template window<float>(L), cfg,
+                                sc::BudgetRule{sc::BudgetKind::keep_fraction, pol.keep_fraction}, nullptr, shape,
+                                ws.ptr, bytes, nullptr, nullptr, &out));
+  CHECK_CUDA(cudaDeviceSynchronize());
+  simcalkv::FlatLayerPlan f;
+  f.head_dim = L.d;
+  f.first_slot = download(first.ptr, S);
+  f.kept = download(kept.ptr, S);
+  f.keep = download(keep.ptr, N);
+  f.row_of_slot = download(row_of_slot.ptr, N);
+  f.row_updates = download(updates.ptr, N);
+  f.row_keys = download(rk.ptr, N * d);
+  f.row_values = download(rv.ptr, N * d);
+  f.row_bias = download(rb.ptr, N);
+  f.row_score = download(rs.ptr, N);
+  for (int s = 0; s < L.num_seqs(); ++s) f.length_before.push_back(static_cast<std::size_t>(L.seq(s).length));
+  return f;
+}
+
+/// The CPU plans of every request of L, as one flattened plan of the layer's S sequences.
+simcalkv::FlatLayerPlan join_plans(const std::vector<simcalkv::FlatLayerPlan>& parts) {
+  simcalkv::FlatLayerPlan f;
+  for (const auto& p : parts) {
+    f.head_dim = p.head_dim;
+    const auto slot_base = static_cast<std::int32_t>(f.keep.size());
+    const auto row_base = static_cast<std::int32_t>(f.row_updates.size());
+    for (std::size_t h = 0; h < p.first_slot.size(); ++h) {
+      f.first_slot.push_back(slot_base + p.first_slot[h]);
+      f.kept.push_back(p.kept[h]);
+      f.length_before.push_back(p.length_before[h]);
+    }
+    f.keep.insert(f.keep.end(), p.keep.begin(), p.keep.end());
+    for (const auto r : p.row_of_slot) f.row_of_slot.push_back(r < 0 ? -1 : row_base + r);
+    f.row_updates.insert(f.row_updates.end(), p.row_updates.begin(), p.row_updates.end());
+    f.row_keys.insert(f.row_keys.end(), p.row_keys.begin(), p.row_keys.end());
+    f.row_values.insert(f.row_values.end(), p.row_values.begin(), p.row_values.end());
+    f.row_bias.insert(f.row_bias.end(), p.row_bias.begin(), p.row_bias.end());
+    f.row_score.insert(f.row_score.end(), p.row_score.begin(), p.row_score.end());
+    if (!p.slot_scores.empty() || !f.slot_scores.empty()) {
+      f.slot_scores.resize(slot_base, std::nanf(""));
+      if (p.slot_scores.empty()) f.slot_scores.insert(f.slot_scores.end(), p.keep.size(), std::nanf(""));
+      else f.slot_scores.insert(f.slot_scores.end(), p.slot_scores.begin(), p.slot_scores.end());
+    }
+  }
+  return f;
+}
+
+/// The GPU's recorded plan against the CPU policy's plan, sequence by sequence: the same kept
+/// entries, the same rewritten slots with the same update bits, rows within rounding.
+Result check_recorded_plan(const std::string& name, const HostLayer& L, const ref::Policy& pol, LayoutKind kind) {
+  std::fprintf(stderr, "[run] %s\n", name.c_str());
+  Result r;
+  r.group = "plans: the GPU's recorded plan = the CPU policy's LayerPlan";
+  r.name = name;
+  std::vector<simcalkv::FlatLayerPlan> parts;
+  for (const auto& req : L.reqs) parts.push_back(ref::layer_plan(L.elem, L.d, L.G, L.W, pol, req));
+  const simcalkv::FlatLayerPlan cpu = join_plans(parts);
+  simcalkv::FlatLayerPlan gpu;
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    DeviceLayer<T> D = upload<T>(L, kind, 99);
+    gpu = kind == LayoutKind::ragged ? gpu_recorded_plan<T>(D, L, pol, D.ragged())
+                                     : gpu_recorded_plan<T>(D, L, pol, D.paged());
+  };
+  if (L.elem == ref::Elem::bf16) run(sc::bf16{});
+  else run(sc::fp16{});
+  const std::size_t d = static_cast<std::size_t>(L.d);
+  double worst_row = 0, bias_err = 0, score_err = 0;
+  long rewritten = 0;
+  for (int s = 0; s < L.num_seqs(); ++s) {
+    const std::string at = "seq " + std::to_string(s);
+    if (gpu.kept[s] != cpu.kept[s]) {
+      r.fail(at + ": keeps " + std::to_string(gpu.kept[s]) + ", the CPU " + std::to_string(cpu.kept[s]));
+      continue;
+    }
+    for (int k = 0; k < cpu.kept[s]; ++k) {
+      const std::size_t g = static_cast<std::size_t>(gpu.first_slot[s] + k), c = static_cast<std::size_t>(cpu.first_slot[s] + k);
+      if (gpu.keep[g] != cpu.keep[c]) {
+        r.fail(at + ": slot " + std::to_string(k) + " keeps entry " + std::to_string(gpu.keep[g]) + ", the CPU " +
+               std::to_string(cpu.keep[c]));
+        break;
+      }
+      const int gr = gpu.row_of_slot[g], cr = cpu.row_of_slot[c];
+      if ((gr < 0) != (cr < 0)) {
+        r.fail(at + ": slot " + std::to_string(k) + (gr < 0 ? " is not rewritten on the GPU" : " is rewritten on the GPU only"));
+        break;
+      }
+      if (cr < 0) continue;
+      ++rewritten;
+      if (gpu.row_updates[gr] != cpu.row_updates[cr]) {
+        r.fail(at + ": slot " + std::to_string(k) + ": update bits " + std::to_string(gpu.row_updates[gr]) + " vs " +
+               std::to_string(cpu.row_updates[cr]));
+        break;
+      }
+      // The GPU row is the stored (narrowed) row; the CPU's is float until a layout narrows it.
+      for (const auto* pair : {&gpu.row_keys, &gpu.row_values}) {
+        const auto& other = pair == &gpu.row_keys ? cpu.row_keys : cpu.row_values;
+        if (pair == &gpu.row_keys && !(cpu.row_updates[cr] & simcalkv::update_key)) continue;
+        double big = 0, err = 0;
+        for (std::size_t i = 0; i < d; ++i) {
+          const double want = ref::from_bits(L.elem, ref::to_bits(L.elem, other[cr * d + i]));
+          big = std::max(big, std::fabs(want));
+          err = std::max(err, std::fabs((*pair)[gr * d + i] - want));
+        }
+        int ex = 0;
+        std::frexp(std::max(big, 1e-30), &ex);
+        worst_row = std::max(worst_row, err / std::ldexp(1.0, ex - 1 - (L.elem == ref::Elem::bf16 ? 7 : 10)));
+      }
+      const float bg = gpu.row_bias[gr], bc = cpu.row_bias[cr];
+      if (!(bg == bc)) bias_err = std::max(bias_err, (std::isinf(bg) || std::isinf(bc)) ? 1e30 : std::fabs(bg - bc));
+      score_err = std::max(score_err, std::fabs(static_cast<double>(gpu.row_score[gr]) - cpu.row_score[cr]) /
+                                          (std::fabs(cpu.row_score[cr]) + 1e-6));
+    }
+  }
+  r.metrics["rewritten_slots"] = static_cast<double>(rewritten);
+  r.metrics["row_ulps_max"] = worst_row;
+  r.metrics["bias_abs_err_max"] = bias_err;
+  r.metrics["score_rel_err_max"] = score_err;
+  if (worst_row > 2.0) r.fail("merged rows differ by " + std::to_string(worst_row) + " ulps of the row's largest element");
+  if (bias_err > 2e-3) r.fail("merged biases differ by " + std::to_string(bias_err));
+  if (score_err > 1e-4) r.fail("merged scores differ by " + std::to_string(score_err));
+  if (pol.method == ref::Method::simcalkv && rewritten == 0) r.fail("nothing was merged: the case tests nothing");
+  return r;
+}
+
+/// A CPU plan of registry policy `spec` applied by the GPU's apply_plan equals the CPU's apply.
+Result check_applied_plan(const std::string& spec, const HostLayer& L, LayoutKind kind) {
+  std::fprintf(stderr, "[run] apply %s\n", spec.c_str());
+  Result r;
+  r.group = "plans: a CPU policy's plan applied on the GPU = applied on the CPU";
+  r.name = spec + ", " + elem_name(L.elem) + " d" + std::to_string(L.d) + ", " + layout_name(kind);
+  std::vector<simcalkv::FlatLayerPlan> parts;
+  HostLayer want = L;
+  for (auto& req : want.reqs) {
+    simcalkv::FlatLayerPlan p;
+    std::string error;
+    if (!ref::layer_plan(L.elem, L.d, L.G, L.W, spec, 0.4, req, &p, &error) ||
+        !ref::apply(L.elem, L.d, p, req, &error)) {
+      r.fail("the CPU library threw: " + error);
+      return r;
+    }
+    parts.push_back(std::move(p));
+  }
+  const simcalkv::FlatLayerPlan flat = join_plans(parts);
+  std::vector<std::int32_t> lengths;
+  for (int s = 0; s < L.num_seqs(); ++s) lengths.push_back(L.seq(s).length);
+  int bad = -1;
+  if (const char* why = simcalkv::plan_view_problem(flat.view(), lengths.data(),
+                                                    static_cast<std::int64_t>(flat.rows()), &bad)) {
+    r.fail(std::string("the CPU plan does not fit: ") + why);
+    return r;
+  }
+  // A corrupt copy is refused on the host before anything reaches the device.
+  {
+    simcalkv::FlatLayerPlan broken = flat;
+    broken.keep[static_cast<std::size_t>(broken.first_slot[1])] = lengths[1];
+    if (!simcalkv::plan_view_problem(broken.view(), lengths.data(), static_cast<std::int64_t>(broken.rows()), &bad) ||
+        bad != 1)
+      r.fail("a kept index past the length was not reported for sequence 1");
+  }
+  long rewritten = 0;
+  for (const auto x : flat.row_of_slot) rewritten += x >= 0;
+  r.metrics["rewritten_slots"] = static_cast<double>(rewritten);
+  auto run = [&](auto tag) -> HostLayer {
+    using T = decltype(tag);
+    DeviceLayer<T> D = upload<T>(L, kind, 77);
+    DeviceBuffer<std::int32_t> first(flat.first_slot.size()), kept(flat.kept.size()), keep(flat.keep.size() + 1),
+        rows(flat.row_of_slot.size() + 1);
+    DeviceBuffer<std::uint8_t> upd(flat.row_updates.size() + 1);
+    DeviceBuffer<float> rk(flat.row_keys.size() + 1), rv(flat.row_values.size() + 1), rb(flat.row_bias.size() + 1),
+        rs(flat.row_score.size() + 1), ss(flat.slot_scores.size() + 1);
+    first.upload(flat.first_slot), kept.upload(flat.kept), keep.upload(flat.keep), rows.upload(flat.row_of_slot);
+    if (!flat.row_updates.empty()) {
+      upd.upload(flat.row_updates), rk.upload(flat.row_keys), rv.upload(flat.row_values);
+      rb.upload(flat.row_bias), rs.upload(flat.row_score);
+    }
+    if (!flat.slot_scores.empty()) ss.upload(flat.slot_scores);
+    simcalkv::LayerPlanView view{L.num_seqs(), L.d,    first.ptr, kept.ptr, keep.ptr, rows.ptr, upd.ptr,
+                                 rk.ptr,       rv.ptr, rb.ptr,    rs.ptr,   flat.slot_scores.empty() ? nullptr : ss.ptr};
+    const sc::ApplyShape shape{L.num_seqs(), L.max_len()};
+    const std::size_t bytes = sc::apply_workspace_bytes(shape);
+    DeviceBuffer<unsigned char> ws(bytes);
+    if (kind == LayoutKind::ragged)
+      CHECK_CUDA(sc::apply_plan(D.kv(D.ragged()), view, shape, ws.ptr, bytes));
+    else
+      CHECK_CUDA(sc::apply_plan(D.kv(D.paged()), view, shape, ws.ptr, bytes));
+    CHECK_CUDA(cudaDeviceSynchronize());
+    return download(D, L);
+  };
+  const HostLayer got = L.elem == ref::Elem::bf16 ? run(sc::bf16{}) : run(sc::fp16{});
+  compare_layers(got, want, {}, true, r);
+  return r;
+}
+
+void plan_tests(bool quick) {
+  // Recorded GPU plans: every GPU policy on both layouts.
+  const HostLayer L = make_layer(ref::Elem::bf16, 128, 4, 2, 16, 2, 333, 515, true, true);
+  struct V {
+    std::string name;
+    ref::Policy p;
+  };
+  std::vector<V> variants = {{"StreamingLLM", policy(ref::Method::streaming_llm)},
+                             {"SnapKV", policy(ref::Method::snapkv)},
+                             {"SimCalKV", policy(ref::Method::simcalkv)}};
+  {
+    auto p = policy(ref::Method::simcalkv);
+    p.adakv = true;
+    variants.push_back({"AdaKV+SimCalKV", p});
+    p = policy(ref::Method::simcalkv);
+    p.bias = ref::Bias::log_count;
+    p.merge_keys = false;
+    variants.push_back({"SimCalKV bias=log_count merge_keys=false", p});
+  }
+  for (const auto& v : variants)
+    for (LayoutKind kind : {LayoutKind::ragged, LayoutKind::paged_shared})
+      g_results.push_back(check_recorded_plan(v.name + ", " + layout_name(kind), L, v.p, kind));
+  // CPU plans of every registry policy, applied on the GPU. Equal head lengths (drop_step 0): TOVA
+  // and PyramidInfer keep one set per layer.
+  for (const ref::Elem e : {ref::Elem::bf16, ref::Elem::fp16}) {
+    const int d = e == ref::Elem::bf16 ? 128 : 64;
+    const HostLayer A = make_layer(e, d, 4, 2, 16, 2, 257, 616, true, true, false, 0);
+    for (const auto& spec : ref::policy_names())
+      for (LayoutKind kind : {LayoutKind::ragged, LayoutKind::paged_per_head, LayoutKind::paged_shared}) {
+        if (quick && kind == LayoutKind::paged_per_head) continue;
+        g_results.push_back(check_applied_plan(spec, A, kind));
+      }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Decode attention
 
 template <class T, class O>
@@ -719,6 +970,7 @@ int main(int argc, char** argv) {
   if (want("types")) compress_matrix(quick);
   if (want("policies")) policy_matrix(quick);
   if (want("shards")) shard_tests(quick);
+  if (want("plans")) plan_tests(quick);
   if (want("decode")) decode_matrix(quick);
   const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 

@@ -31,14 +31,9 @@ inline constexpr bool is_storage_v = std::is_same_v<T, bf16> || std::is_same_v<T
 // ---------------------------------------------------------------------------------------------
 // Options, mirroring the CPU policies (same names and semantics, see include/simcalkv/policies)
 
-/// The per-head compression rule.
-enum class Method {
-  streaming_llm,  // sinks + most recent entries (no scores)
-  snapkv,         // top window-attention scores, optionally pooled; eviction
-  simcalkv,       // SnapKV's selection, then similarity-aware merging with a calibrated bias
-};
-
 // The option enums are the CPU's own (simcalkv/options.hpp), not copies.
+/// The per-head compression rule.
+using Method = ::simcalkv::KernelMethod;
 using Pooling = ::simcalkv::Pooling;
 using Search = ::simcalkv::SimilaritySearch;
 using BiasMode = ::simcalkv::BiasMode;

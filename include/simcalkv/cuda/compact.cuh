@@ -1,7 +1,9 @@
-// simcalkv CUDA: in-place compaction of every sequence of a layer (the CPU's commit step).
+// simcalkv CUDA: in-place compaction of every sequence of a layer by the kept sets of a plan (the
+// CPU layouts' move step). The plan is the plain LayerPlanView the CPU flattens to
+// (simcalkv/plan_view.hpp): compress_layer passes the one it planned (its merge has already
+// rewritten a survivor's own row), apply_plan (apply.cuh) passes any other, a CPU policy's too.
 //
-// Slot k of sequence s takes the entry order[k] >= k (survivors ascending), whose row the merge
-// has already rewritten if it received candidates. Moving down in place is safe one slot at a
+// Slot k of sequence s takes the entry keep[first_slot[s] + k] >= k (survivors ascending). Moving down in place is safe one slot at a
 // time; in parallel, a chunk of 64 slots may only write its rows once every earlier chunk of the
 // same sequence has read its sources (a source of an earlier slot can lie inside a later chunk's
 // destination rows). So each block takes a ticket of its sequence (the chunk it handles, in the
@@ -13,6 +15,7 @@
 
 #include "simcalkv/cuda/common.cuh"
 #include "simcalkv/cuda/layout.cuh"
+#include "simcalkv/plan_view.hpp"
 
 namespace simcalkv::cuda::detail {
 
@@ -21,9 +24,7 @@ inline constexpr int kCompactChunk = 64;
 template <class T, class Layout>
 struct CompactParams {
   LayerKV<T, Layout> kv;
-  const int32_t* ws_off;
-  const int32_t* budgets;
-  const int32_t* order;
+  LayerPlanView plan;  // first_slot, kept and keep are read
   int chunks_per_seq;
   unsigned* ticket;  // [S], zeroed before the launch
   int* flags;        // [S * chunks_per_seq], zeroed before the launch
@@ -45,15 +46,15 @@ __global__ void __launch_bounds__(256) compact_kernel(CompactParams<T, Layout> p
   __syncthreads();
   const int c = static_cast<int>(ticket);
   const int n = p.kv.lengths[s];
-  const int B = p.budgets[s];
+  const int B = p.plan.kept[s];
   const int a = c * CH;
   if (B >= n || a >= B) return;
   const int cnt = min(CH, B - a);
-  const int64_t off = p.ws_off[s];
+  const int64_t off = p.plan.first_slot[s];
   const auto seq = p.kv.layout.seq(s);
   const bool scores = p.kv.scores != nullptr;
 
-  if (tid < cnt) src_s[tid] = p.order[off + a + tid];
+  if (tid < cnt) src_s[tid] = p.plan.keep[off + a + tid];
   __syncthreads();
   // Read: L2-coherent loads (other blocks write this layer's rows during the kernel).
   for (int i = tid; i < cnt * chunks; i += blockDim.x) {

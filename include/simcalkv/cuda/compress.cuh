@@ -13,6 +13,12 @@
 // policies of the same options (see tests/cuda). Afterwards lengths[s] is the sequence's budget
 // and its first lengths[s] rows hold the survivors in position order.
 //
+// The plan: compress_layer decides a LayerPlanView (simcalkv/plan_view.hpp, the type the CPU's
+// plans flatten to): kept sets in its workspace, merged rows written into the survivors' own rows,
+// then compacts by it with the kernel apply_plan (apply.cuh) uses. Pass `plan_out` to record it
+// (kept sets, and for every merged slot its row as stored: key, value, bias, score) so the host
+// can compare it with the CPU policy's LayerPlan (unflatten() turns it back into one) or replay it.
+//
 // Differences from the CPU API: the GPU validates nothing (the host checks shapes, finiteness and
 // ascending positions as the CPU policies do), and budgets are clamped to [protected, length]
 // instead of rejected. Sizes on the host are upper bounds only: lengths live in device memory,
@@ -26,6 +32,7 @@
 #include "simcalkv/cuda/scoring.cuh"
 #include "simcalkv/cuda/select.cuh"
 #include "simcalkv/cuda/similarity.cuh"
+#include "simcalkv/plan_view.hpp"
 
 #include <cub/block/block_scan.cuh>
 #include <cub/device/device_radix_sort.cuh>
@@ -334,11 +341,51 @@ __global__ void finish_kernel(FinishParams p) {
   p.lengths[s] = B;
 }
 
+template <class T, class Layout>
+struct RecordParams {
+  LayerKV<T, Layout> kv;
+  LayerPlanView plan;       // what compress_layer decided (kept sets at the workspace offsets)
+  const int32_t* seg_begin;  // >= 0 where slot k received a set; null: nothing was merged
+  uint8_t updates;          // the bits of a merged row
+  LayerPlanBuffers out;
+};
+
+/// grid (ceil(max_budget / 8), S), 256 threads, after the compaction and the calibration: a warp
+/// per kept slot copies the decision (and a merged slot's row, widened to float) into the caller's
+/// plan buffers, at the same slot index as the workspace's.
+template <class T, class Layout>
+__global__ void __launch_bounds__(256) record_plan_kernel(RecordParams<T, Layout> p) {
+  const int s = blockIdx.y;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int k = static_cast<int>(blockIdx.x) * 8 + warp;
+  const int B = p.plan.kept[s];
+  const int64_t g = static_cast<int64_t>(p.plan.first_slot[s]) + k;
+  if (blockIdx.x == 0 && threadIdx.x == 0) p.out.first_slot[s] = p.plan.first_slot[s], p.out.kept[s] = B;
+  if (k >= B) return;
+  const bool merged = p.seg_begin && p.seg_begin[g] >= 0;
+  if (lane == 0) {
+    p.out.keep[g] = p.plan.keep[g];
+    p.out.row_of_slot[g] = merged ? static_cast<int32_t>(g) : -1;
+  }
+  if (!merged) return;
+  const int64_t e = p.kv.layout.seq(s).entry(k);
+  const int64_t d = p.kv.head_dim;
+  for (int i = lane; i < d; i += 32) {
+    p.out.row_keys[g * d + i] = to_float(p.kv.keys[e * p.kv.key_stride + i]);
+    p.out.row_values[g * d + i] = to_float(p.kv.values[e * p.kv.value_stride + i]);
+  }
+  if (lane == 0) {
+    p.out.row_updates[g] = p.updates;
+    p.out.row_bias[g] = p.kv.bias[e];
+    p.out.row_score[g] = p.kv.scores ? p.kv.scores[e] : 0.0f;
+  }
+}
+
 template <class T, class Q, int D, class Layout>
 cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q>& window, const PolicyConfig& cfg,
                                 const BudgetRule& rule, const int32_t* explicit_budgets, const CompressShape& shape,
                                 void* workspace, std::size_t workspace_bytes, cudaStream_t stream,
-                                SeqStats* stats) {
+                                SeqStats* stats, const LayerPlanBuffers* plan_out) {
   constexpr int NA = std::is_same_v<Q, float> ? 2 : 1;
   const CompressPlan plan = make_plan<T, Q>(shape, cfg);
   Carver carver(workspace);
@@ -505,7 +552,14 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
   SIMCALKV_CUDA_TRY(cudaMemsetAsync(b.ticket, 0, sizeof(unsigned) * S, stream));
   SIMCALKV_CUDA_TRY(
       cudaMemsetAsync(b.flags, 0, sizeof(int) * static_cast<std::size_t>(S) * plan.chunks_per_seq, stream));
-  CompactParams<T, Layout> cp{kv, b.ws_off, b.budgets, b.order, plan.chunks_per_seq, b.ticket, b.flags};
+  // The layer's plan, as the CPU's plans flatten to: kept sets at the workspace offsets.
+  LayerPlanView decided{};
+  decided.num_seqs = S;
+  decided.head_dim = D;
+  decided.first_slot = b.ws_off;
+  decided.kept = b.budgets;
+  decided.keep = b.order;
+  CompactParams<T, Layout> cp{kv, decided, plan.chunks_per_seq, b.ticket, b.flags};
   static_assert(kCompactChunk == 64, "one compaction block per 64 budget slots");
   compact_kernel<T, D, Layout><<<dim3(std::min<unsigned>(budget_chunks, plan.chunks_per_seq), S), 256, 0, stream>>>(cp);
   SIMCALKV_CUDA_TRY(cudaGetLastError());
@@ -536,6 +590,14 @@ cudaError_t compress_layer_impl(const LayerKV<T, Layout>& kv, const WindowArgs<Q
     SIMCALKV_CUDA_TRY(cudaGetLastError());
     if (StageHook* h = stage_hook()) h->mark("calibrate", stream);
   }
+  if (plan_out) {
+    const uint8_t updates = static_cast<uint8_t>((cfg.merge_keys ? update_key : 0) | update_value | update_bias |
+                                                 update_score);
+    record_plan_kernel<T, Layout><<<dim3(static_cast<unsigned>(ceil_div(std::max(max_budget, 1), 8)), S), 256, 0,
+                                    stream>>>(
+        RecordParams<T, Layout>{kv, decided, plan.merged ? b.seg_begin : nullptr, updates, *plan_out});
+    SIMCALKV_CUDA_TRY(cudaGetLastError());
+  }
   finish_kernel<<<static_cast<unsigned>(ceil_div(S, 256)), 256, 0, stream>>>(
       FinishParams{kv.lengths, b.budgets, plan.merged ? b.evicted : nullptr, S, stats});
   SIMCALKV_CUDA_TRY(cudaGetLastError());
@@ -557,12 +619,13 @@ std::size_t compress_workspace_bytes(const CompressShape& shape, const PolicyCon
 /// Compresses every sequence of one layer, asynchronously on `stream` (see the file comment).
 /// Budgets: `explicit_budgets` (device, one per sequence) if given, else `rule` applied to each
 /// sequence's length. Requires head_dim 64 or 128 and, unless the policy is StreamingLLM, a
-/// window with at least one token. `stats` (device, optional) receives one SeqStats per sequence.
+/// window with at least one token. `stats` (device, optional) receives one SeqStats per sequence;
+/// `plan_out` (device buffers of shape.total_length slots and rows, optional) the layer's plan.
 template <class T, class Q, class Layout>
 cudaError_t compress_layer(const LayerKV<T, Layout>& kv, const WindowArgs<Q>& window, const PolicyConfig& config,
                            const BudgetRule& rule, const int32_t* explicit_budgets, const CompressShape& shape,
                            void* workspace, std::size_t workspace_bytes, cudaStream_t stream = nullptr,
-                           SeqStats* stats = nullptr) {
+                           SeqStats* stats = nullptr, const LayerPlanBuffers* plan_out = nullptr) {
   static_assert(is_storage_v<T>, "storage must be bf16 or fp16");
   static_assert(std::is_same_v<Q, float> || std::is_same_v<Q, T>, "queries must be float or the storage type");
   if (config.method != Method::streaming_llm && (shape.window_tokens <= 0 || shape.group <= 0))
@@ -572,10 +635,10 @@ cudaError_t compress_layer(const LayerKV<T, Layout>& kv, const WindowArgs<Q>& wi
   switch (shape.head_dim) {
     case 64:
       return detail::compress_layer_impl<T, Q, 64>(kv, window, config, rule, explicit_budgets, shape, workspace,
-                                                  workspace_bytes, stream, stats);
+                                                  workspace_bytes, stream, stats, plan_out);
     case 128:
       return detail::compress_layer_impl<T, Q, 128>(kv, window, config, rule, explicit_budgets, shape, workspace,
-                                                   workspace_bytes, stream, stats);
+                                                   workspace_bytes, stream, stats, plan_out);
     default:
       return cudaErrorInvalidValue;
   }

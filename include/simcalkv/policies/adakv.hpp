@@ -58,7 +58,26 @@ class AdaKV : public ForwardingStages<AdaKV<Policy>, Policy> {
                                       std::span<const std::size_t> base, const Protection& protection) const {
     std::vector<std::size_t> inner_budgets(base.begin(), base.end());
     if constexpr (stage::Reallocates<Policy, T>) inner_budgets = inner_.reallocate(request, scores, base, protection);
-    const std::size_t H = request.heads.size();
+    std::vector<std::size_t> lengths(request.heads.size());
+    for (std::size_t h = 0; h < lengths.size(); ++h) lengths[h] = request.heads[h].length;
+    return reallocate_heads(lengths, scores, inner_budgets, protection);
+  }
+
+  /// The same reallocation over the heads of a whole layer gathered from several ranks
+  /// (tensor_parallel.hpp): every rank that calls it with the same LayerScores gets the same
+  /// budgets, those of a single process holding every head. `window` gives the protection.
+  [[nodiscard]] std::vector<std::size_t> reallocate_scores(const LayerScores& layer, const WindowView& window) const {
+    const auto scores = layer.per_head(name_);
+    return reallocate_heads(layer.lengths, scores, layer.budgets, stage::protection(*this, window));
+  }
+
+ private:
+  /// The rule of the class comment, for heads given by their lengths.
+  [[nodiscard]] std::vector<std::size_t> reallocate_heads(std::span<const std::size_t> lengths,
+                                                          std::span<const std::span<const float>> scores,
+                                                          std::span<const std::size_t> inner_budgets,
+                                                          const Protection& protection) const {
+    const std::size_t H = lengths.size();
     struct Candidate {
       float score;
       std::uint32_t head;
@@ -72,7 +91,7 @@ class AdaKV : public ForwardingStages<AdaKV<Policy>, Policy> {
     std::vector<Candidate> pool, ranked;
     std::size_t slots = 0;  // K minus the floors
     for (std::size_t h = 0; h < H; ++h) {
-      const std::size_t n = request.heads[h].length;
+      const std::size_t n = lengths[h];
       const std::size_t protected_count = protection.count(n);
       detail::require(inner_budgets[h] >= protected_count && inner_budgets[h] <= n, ErrorCode::budget_out_of_range,
                       name_, ": KV head ", h, ": budget ", inner_budgets[h], " is outside [", protected_count, ", ",
@@ -96,6 +115,8 @@ class AdaKV : public ForwardingStages<AdaKV<Policy>, Policy> {
     return budgets;
   }
 
+
+ public:
   /// The per-head budgets AdaKV gives the layer (plans the layer; reads only).
   template <StorageElement T>
   std::vector<std::size_t> allocate(const LayerRequest<T>& request, Workspace& workspace,

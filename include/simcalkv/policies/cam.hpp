@@ -66,7 +66,7 @@ class CaM : public WindowScored<CaM> {
   template <StorageElement T>
   void finish(const HeadContext<T>& ctx, HeadScratch& s) const {
     const auto& head = ctx.head;
-    const int layer = ctx.layer, kv_head = ctx.kv_head;
+    const int layer = ctx.layer, kv_head = ctx.global_kv_head;  // the same draw on any rank
     const auto d = static_cast<std::size_t>(head.head_dim);
     const std::size_t n = head.length;
     const auto& keep = s.selection.keep;
