@@ -3,8 +3,9 @@
 #  - kernels/ includes no policy header (policy.hpp, stages.hpp, policies/);
 #  - core.hpp (the light umbrella) does not include the registry;
 #  - a policy includes another policy only where it runs that policy's stages (PyramidKV: SnapKV);
-#  - the CUDA headers share with the CPU library only its plain headers (options.hpp, plan_view.hpp),
-#    and plan_view.hpp includes nothing of the library, so one plan type serves both sides.
+#  - the CUDA headers share with the CPU library only its plain headers (options.hpp, plan_view.hpp,
+#    page_table.hpp), which include nothing of the library: one plan type and one paged addressing
+#    serve both sides.
 # Usage: cmake -DROOT=<include/simcalkv> -P check_header_layers.cmake
 file(GLOB_RECURSE headers RELATIVE ${ROOT} ${ROOT}/*.hpp)
 set(problems "")
@@ -32,10 +33,10 @@ foreach(h IN LISTS headers)
   endforeach()
 endforeach()
 file(GLOB cuda_headers RELATIVE ${ROOT} ${ROOT}/cuda/*.cuh ${ROOT}/cuda/*/*.cuh)
-foreach(h IN LISTS cuda_headers plan_view.hpp)
+foreach(h IN LISTS cuda_headers plan_view.hpp page_table.hpp)
   file(STRINGS ${ROOT}/${h} includes REGEX "^#include \"simcalkv/")
   foreach(line IN LISTS includes)
-    if(NOT line MATCHES "simcalkv/(cuda/|options\\.hpp|plan_view\\.hpp)" OR (h STREQUAL "plan_view.hpp"))
+    if(NOT line MATCHES "simcalkv/(cuda/|options\\.hpp|plan_view\\.hpp|page_table\\.hpp)" OR (h MATCHES "^(plan_view|page_table)\\.hpp$"))
       string(APPEND problems "  ${h}: shares more than the plain headers with the CPU library: ${line}\n")
     endif()
   endforeach()

@@ -22,6 +22,7 @@
 #pragma once
 
 #include "simcalkv/cuda/common.cuh"
+#include "simcalkv/page_table.hpp"
 
 namespace simcalkv::cuda {
 
@@ -46,13 +47,11 @@ struct PagedLayout {
     int page_size;
     int heads;
     int head;
-    __device__ __forceinline__ int64_t entry(int j) const {
-      const int64_t page = table[j / page_size];
-      return (page * page_size + j % page_size) * heads + head;
-    }
+    // The CPU's paged layout addresses rows with the same function (simcalkv/page_table.hpp).
+    __device__ __forceinline__ int64_t entry(int j) const { return paged_row(table, page_size, heads, head, j); }
   };
   __device__ __forceinline__ Seq seq(int s) const {
-    return Seq{page_table + static_cast<int64_t>(s / heads_per_table) * table_stride, page_size, heads_per_table,
+    return Seq{page_table_of(page_table, table_stride, heads_per_table, s), page_size, heads_per_table,
                s % heads_per_table};
   }
 };

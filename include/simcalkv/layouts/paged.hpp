@@ -21,6 +21,7 @@
 #include "simcalkv/kernels/attention.hpp"
 #include "simcalkv/layouts/compact.hpp"
 #include "simcalkv/layouts/entries.hpp"
+#include "simcalkv/page_table.hpp"
 #include "simcalkv/plan.hpp"
 
 #include <algorithm>
@@ -48,13 +49,14 @@ struct PagedLayer {
   int head_dim = 0;
 
   [[nodiscard]] const std::int32_t* table_of(std::size_t s) const noexcept {
-    return page_table + static_cast<std::ptrdiff_t>(s / static_cast<std::size_t>(heads_per_table)) * table_stride;
+    return page_table_of(static_cast<const std::int32_t*>(page_table), table_stride, heads_per_table,
+                         static_cast<std::int64_t>(s));
   }
+  /// The key/value row of entry j of sequence s: the GPU's PagedLayout computes it with the same
+  /// function (simcalkv/page_table.hpp).
   [[nodiscard]] std::int64_t row(std::size_t s, std::size_t j) const noexcept {
-    const auto P = static_cast<std::size_t>(page_size);
-    const std::int64_t page = table_of(s)[j / P];
-    return (page * page_size + static_cast<std::int64_t>(j % P)) * heads_per_table +
-           static_cast<std::int64_t>(s % static_cast<std::size_t>(heads_per_table));
+    return paged_row(table_of(s), page_size, heads_per_table,
+                     static_cast<int>(s % static_cast<std::size_t>(heads_per_table)), static_cast<std::int64_t>(j));
   }
   [[nodiscard]] std::int64_t meta(std::size_t s, std::size_t j) const noexcept {
     const auto P = static_cast<std::size_t>(page_size);
