@@ -136,6 +136,21 @@ void finish(const P& policy, const HeadContext<T>& ctx, HeadScratch& s) {
   }
 }
 
+/// What plan_layer and score_layer start with: the request checked against the policy, and the
+/// per-head budgets after the layer schedule (before any reallocation).
+template <class P, StorageElement T>
+std::vector<std::size_t> layer_budgets(const P& policy, const LayerRequest<T>& request,
+                                       std::span<const std::size_t> base) {
+  const std::string who(policy.name());
+  check(policy, request);
+  detail::validate_request(request, who, base, protection(policy, request.window));
+  std::vector<std::size_t> budgets =
+      request.schedule_budgets ? schedule(policy, request, base) : std::vector<std::size_t>(base.begin(), base.end());
+  detail::require(budgets.size() == request.heads.size(), ErrorCode::invalid_argument, who, ": the schedule gave ",
+                  budgets.size(), " budgets for ", request.heads.size(), " heads");
+  return budgets;
+}
+
 }  // namespace stage
 
 /// Runs the stages of `policy` over one layer (see the file comment); `base` are the per-head
@@ -145,14 +160,9 @@ LayerPlan plan_layer(const P& policy, const LayerRequest<T>& request, Workspace&
                      std::span<const std::size_t> base) {
   using detail::require;
   const std::string who(policy.name());
-  stage::check(policy, request);
+  std::vector<std::size_t> budgets = stage::layer_budgets(policy, request, base);
   const Protection protection = stage::protection(policy, request.window);
-  detail::validate_request(request, who, base, protection);
-  std::vector<std::size_t> budgets =
-      request.schedule_budgets ? stage::schedule(policy, request, base) : std::vector<std::size_t>(base.begin(), base.end());
   const std::size_t H = request.heads.size();
-  require(budgets.size() == H, ErrorCode::invalid_argument, who, ": the schedule gave ", budgets.size(),
-          " budgets for ", H, " heads");
   const bool shared = request.shared_selection || stage::selects_per_layer(policy);
   if (shared)
     for (std::size_t h = 1; h < H; ++h)
@@ -310,15 +320,9 @@ LayerScores score_layer(const P& policy, const LayerRequest<T>& request, Workspa
                         std::span<const std::size_t> base) {
   using detail::require;
   const std::string who(policy.name());
-  stage::check(policy, request);
-  const Protection protection = stage::protection(policy, request.window);
-  detail::validate_request(request, who, base, protection);
   LayerScores out;
-  out.budgets = request.schedule_budgets ? stage::schedule(policy, request, base)
-                                         : std::vector<std::size_t>(base.begin(), base.end());
+  out.budgets = stage::layer_budgets(policy, request, base);
   const std::size_t H = request.heads.size();
-  require(out.budgets.size() == H, ErrorCode::invalid_argument, who, ": the schedule gave ", out.budgets.size(),
-          " budgets for ", H, " heads");
   const WindowView window = stage::scoring_window(policy, request.window);
   workspace.prepare(H);
   request.exec().parallel_for(H, [&](std::size_t h) {

@@ -150,7 +150,8 @@ WindowInput check_window(const Ragged& in, const at::Tensor& window_queries, con
 
 template <class T>
 simcalkv::LayerRequest<T> make_request(std::vector<simcalkv::HeadView<T>>& heads, const WindowInput& w, int64_t head_dim,
-                                       double compress_ratio, int64_t layer, int64_t num_layers) {
+                                       double compress_ratio, int64_t layer, int64_t num_layers,
+                                       int64_t first_kv_head) {
   simcalkv::LayerRequest<T> request;
   request.heads = heads;
   request.window = simcalkv::make_window_view(w.queries.data_ptr<float>(), w.positions.data_ptr<int32_t>(),
@@ -159,10 +160,12 @@ simcalkv::LayerRequest<T> make_request(std::vector<simcalkv::HeadView<T>>& heads
   request.budget = simcalkv::Budget::compress_ratio(compress_ratio);
   request.layer = static_cast<int>(layer);
   request.num_layers = static_cast<int>(num_layers);
+  request.first_kv_head = static_cast<std::size_t>(first_kv_head);
   return request;
 }
 
-void check_ratio_and_layer(double compress_ratio, int64_t layer, int64_t num_layers) {
+void check_ratio_and_layer(double compress_ratio, int64_t layer, int64_t num_layers, int64_t first_kv_head) {
+  expect(first_kv_head >= 0, "first_kv_head: must be >= 0");
   expect(compress_ratio >= 0.0 && compress_ratio < 1.0,
          "compress_ratio: " + std::to_string(compress_ratio) + " is outside [0, 1) (the fraction of entries removed)");
   expect(num_layers > 0 && layer >= 0 && layer < num_layers, "layer: must be in [0, num_layers)");
@@ -197,8 +200,7 @@ pybind11::dict compress_ragged(const at::Tensor& keys, const at::Tensor& values,
                                int64_t num_layers, int64_t threads, c10::optional<at::Tensor> budgets,
                                int64_t first_kv_head) {
   Ragged in = check_ragged(keys, values, bias, positions, lengths);
-  check_ratio_and_layer(compress_ratio, layer, num_layers);
-  expect(first_kv_head >= 0, "first_kv_head: must be >= 0");
+  check_ratio_and_layer(compress_ratio, layer, num_layers, first_kv_head);
   const WindowInput window = check_window(in, window_queries, window_positions);
   at::Tensor score_buf = checked_scores(in, scores);
   const std::vector<std::size_t> final_budgets = budgets ? checked_budgets(in, *budgets) : std::vector<std::size_t>{};
@@ -217,9 +219,8 @@ pybind11::dict compress_ragged(const at::Tensor& keys, const at::Tensor& values,
   with_storage(in.keys.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     auto heads = views_of<T>(work, score_buf.defined() ? score_buf.data_ptr<float>() : nullptr);
-    auto request = make_request<T>(heads, window, in.head_dim, compress_ratio, layer, num_layers);
+    auto request = make_request<T>(heads, window, in.head_dim, compress_ratio, layer, num_layers, first_kv_head);
     request.shared_selection = shared_selection;
-    request.first_kv_head = static_cast<std::size_t>(first_kv_head);
     simcalkv::ThreadExecutor executor(static_cast<int>(threads));
     if (threads > 1) request.executor = &executor;
     simcalkv::Workspace workspace;
@@ -278,8 +279,7 @@ pybind11::dict score_layer(const at::Tensor& keys, const at::Tensor& values, con
                            c10::optional<at::Tensor> scores, int64_t layer, int64_t num_layers, int64_t threads,
                            int64_t first_kv_head) {
   Ragged in = check_ragged(keys, values, bias, positions, lengths);
-  check_ratio_and_layer(compress_ratio, layer, num_layers);
-  expect(first_kv_head >= 0, "first_kv_head: must be >= 0");
+  check_ratio_and_layer(compress_ratio, layer, num_layers, first_kv_head);
   const WindowInput window = check_window(in, window_queries, window_positions);
   at::Tensor score_buf = checked_scores(in, scores);
   const auto& policy = policy_of(spec);
@@ -287,8 +287,7 @@ pybind11::dict score_layer(const at::Tensor& keys, const at::Tensor& values, con
   with_storage(in.keys.scalar_type(), [&](auto tag) {
     using T = decltype(tag);
     auto heads = views_of<T>(in, score_buf.defined() ? score_buf.data_ptr<float>() : nullptr);
-    auto request = make_request<T>(heads, window, in.head_dim, compress_ratio, layer, num_layers);
-    request.first_kv_head = static_cast<std::size_t>(first_kv_head);
+    auto request = make_request<T>(heads, window, in.head_dim, compress_ratio, layer, num_layers, first_kv_head);
     simcalkv::ThreadExecutor executor(static_cast<int>(threads));
     if (threads > 1) request.executor = &executor;
     simcalkv::Workspace workspace;

@@ -82,6 +82,19 @@ float cosine(const ref::Seq& s, int d, ref::Elem e, int a, int b) {
   return static_cast<float>(dot / std::sqrt(na * nb + 1e-300));
 }
 
+/// The sizes of a compression call over L.
+sc::CompressShape shape_of(const HostLayer& L) {
+  sc::CompressShape shape;
+  shape.num_seqs = L.num_seqs();
+  shape.num_kv_heads = L.H;
+  shape.head_dim = L.d;
+  shape.window_tokens = L.W;
+  shape.group = L.G;
+  shape.max_length = L.max_len();
+  shape.total_length = L.total_len();
+  return shape;
+}
+
 /// Intermediate arrays of the GPU compression, read from its workspace.
 struct GpuStages {
   std::vector<std::int32_t> ws_off, budgets, order, vals, evicted;
@@ -92,16 +105,11 @@ struct GpuStages {
 
 template <class T, class Q, class Layout>
 GpuStages run_gpu(DeviceLayer<T>& D, const HostLayer& L, const ref::Policy& pol, const Layout& layout,
-                  double* ms = nullptr) {
+                  double* ms = nullptr, const std::vector<std::int32_t>* budgets = nullptr) {
   const sc::PolicyConfig cfg = gpu_config(pol);
-  sc::CompressShape shape;
-  shape.num_seqs = L.num_seqs();
-  shape.num_kv_heads = L.H;
-  shape.head_dim = L.d;
-  shape.window_tokens = L.W;
-  shape.group = L.G;
-  shape.max_length = L.max_len();
-  shape.total_length = L.total_len();
+  DeviceBuffer<std::int32_t> explicit_budgets;
+  if (budgets) explicit_budgets.upload(*budgets);
+  const sc::CompressShape shape = shape_of(L);
   const std::size_t bytes = sc::compress_workspace_bytes<T, Q>(shape, cfg);
   DeviceBuffer<unsigned char> ws(bytes);
   CHECK_CUDA(cudaMemset(ws.ptr, 0xcd, bytes));  // poison
@@ -112,7 +120,7 @@ GpuStages run_gpu(DeviceLayer<T>& D, const HostLayer& L, const ref::Policy& pol,
   CHECK_CUDA(cudaEventCreate(&e1));
   CHECK_CUDA(cudaEventRecord(e0));
   CHECK_CUDA(sc::compress_layer(kv, window, cfg, sc::BudgetRule{sc::BudgetKind::keep_fraction, pol.keep_fraction},
-                                nullptr, shape, ws.ptr, bytes));
+                                budgets ? explicit_budgets.ptr : nullptr, shape, ws.ptr, bytes));
   CHECK_CUDA(cudaEventRecord(e1));
   CHECK_CUDA(cudaDeviceSynchronize());
   float elapsed = 0;
@@ -149,21 +157,22 @@ GpuStages run_gpu(DeviceLayer<T>& D, const HostLayer& L, const ref::Policy& pol,
 
 template <class T, class Q>
 HostLayer gpu_compress(const HostLayer& L, const ref::Policy& pol, LayoutKind kind, GpuStages* stages,
-                       double* ms = nullptr) {
+                       double* ms = nullptr, const std::vector<std::int32_t>* budgets = nullptr) {
   DeviceLayer<T> D = upload<T>(L, kind, 1234);
-  GpuStages g = kind == LayoutKind::ragged ? run_gpu<T, Q>(D, L, pol, D.ragged(), ms)
-                                           : run_gpu<T, Q>(D, L, pol, D.paged(), ms);
+  GpuStages g = kind == LayoutKind::ragged ? run_gpu<T, Q>(D, L, pol, D.ragged(), ms, budgets)
+                                           : run_gpu<T, Q>(D, L, pol, D.paged(), ms, budgets);
   if (stages) *stages = std::move(g);
   return download(D, L);
 }
 
 HostLayer gpu_compress_any(const HostLayer& L, const ref::Policy& pol, LayoutKind kind, bool float_q,
-                           GpuStages* stages, double* ms = nullptr) {
+                           GpuStages* stages, double* ms = nullptr,
+                           const std::vector<std::int32_t>* budgets = nullptr) {
   if (L.elem == ref::Elem::bf16)
-    return float_q ? gpu_compress<sc::bf16, float>(L, pol, kind, stages, ms)
-                   : gpu_compress<sc::bf16, sc::bf16>(L, pol, kind, stages, ms);
-  return float_q ? gpu_compress<sc::fp16, float>(L, pol, kind, stages, ms)
-                 : gpu_compress<sc::fp16, sc::fp16>(L, pol, kind, stages, ms);
+    return float_q ? gpu_compress<sc::bf16, float>(L, pol, kind, stages, ms, budgets)
+                   : gpu_compress<sc::bf16, sc::bf16>(L, pol, kind, stages, ms, budgets);
+  return float_q ? gpu_compress<sc::fp16, float>(L, pol, kind, stages, ms, budgets)
+                 : gpu_compress<sc::fp16, sc::fp16>(L, pol, kind, stages, ms, budgets);
 }
 
 /// Compares two compressed layers entry by entry; `exact` demands identical bits.
@@ -567,6 +576,44 @@ void shard_tests(bool quick) {
       }
     }
   }
+  // Global AdaKV: the whole layer's budgets (what the ranks get from gathering every head's scores:
+  // the CPU's AdaKV allocation of the whole request, equal to simcalkv::global_budgets there)
+  // passed to each shard as explicit budgets, AdaKV off, equal the whole layer's GPU AdaKV bit for bit.
+  for (ref::Method m : {ref::Method::snapkv, ref::Method::simcalkv}) {
+    auto p = policy(m);
+    p.adakv = true;
+    const std::string pname = m == ref::Method::snapkv ? "AdaKV+SnapKV" : "AdaKV+SimCalKV";
+    const HostLayer whole = gpu_compress_any(L, p, LayoutKind::ragged, false, nullptr);
+    std::vector<std::vector<std::size_t>> layer_budgets;
+    for (const auto& req : L.reqs) layer_budgets.push_back(ref::budgets(L.elem, L.d, L.G, L.W, p, req));
+    auto inner = p;
+    inner.adakv = false;
+    for (int shards : {2, 4}) {
+      Result r;
+      r.group = "tensor parallel: global AdaKV (gathered budgets) = whole-layer AdaKV";
+      r.name = pname + ", " + std::to_string(shards) + " shards";
+      const int hs = 8 / shards;
+      long moved = 0;
+      for (int sh = 0; sh < shards; ++sh) {
+        const HostLayer part = sub_layer(L, sh * hs, hs);
+        std::vector<std::int32_t> budgets;  // per sequence of the shard: request b, head h
+        for (std::size_t b = 0; b < L.reqs.size(); ++b) {
+          long share = 0, got = 0;
+          for (int h = 0; h < hs; ++h) {
+            budgets.push_back(static_cast<std::int32_t>(layer_budgets[b][static_cast<std::size_t>(sh * hs + h)]));
+            got += budgets.back();
+            share += std::lround(p.keep_fraction * L.reqs[b].heads[static_cast<std::size_t>(sh * hs + h)].length);
+          }
+          moved += std::labs(got - share);
+        }
+        const HostLayer got = gpu_compress_any(part, inner, LayoutKind::ragged, false, nullptr, nullptr, &budgets);
+        compare_layers(got, sub_layer(whole, sh * hs, hs), {}, true, r);
+      }
+      r.metrics["entries_moved_between_shards"] = static_cast<double>(moved);
+      if (moved == 0) r.fail("AdaKV moved nothing between shards: the case tests nothing");
+      g_results.push_back(r);
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -578,14 +625,7 @@ template <class T, class Layout>
 simcalkv::FlatLayerPlan gpu_recorded_plan(DeviceLayer<T>& D, const HostLayer& L, const ref::Policy& pol,
                                           const Layout& layout) {
   const sc::PolicyConfig cfg = gpu_config(pol);
-  sc::CompressShape shape;
-  shape.num_seqs = L.num_seqs();
-  shape.num_kv_heads = L.H;
-  shape.head_dim = L.d;
-  shape.window_tokens = L.W;
-  shape.group = L.G;
-  shape.max_length = L.max_len();
-  shape.total_length = L.total_len();
+  const sc::CompressShape shape = shape_of(L);
   const std::size_t S = static_cast<std::size_t>(shape.num_seqs), N = static_cast<std::size_t>(shape.total_length);
   const std::size_t d = static_cast<std::size_t>(L.d);
   const std::size_t bytes = sc::compress_workspace_bytes<T, float>(shape, cfg);
