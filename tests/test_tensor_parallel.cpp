@@ -147,6 +147,17 @@ TEST_CASE("tensor parallel: bad shards and non-reallocating policies are refused
   CHECK_FALSE(snapkv.reallocates());
   CHECK_THROWS_WITH(snapkv.score_layer(request(layer.span(), window.view), ws),
                     Catch::Contains("SnapKV does not move budget between heads"));
+  for (const char* name : {"TOVA", "PyramidInfer", "D2O"}) {
+    INFO(name);
+    CHECK(make_policy(name).decides_across_heads());
+    CHECK_THROWS_WITH(require_shardable(make_policy(name), 2), Catch::Contains("decides over every KV head"));
+    CHECK_NOTHROW(require_shardable(make_policy(name), 1));
+  }
+  for (const char* name : {"SnapKV", "SimCalKV", "CaM", "AdaKV+SimCalKV", "KeepKV"}) {
+    INFO(name);
+    CHECK_FALSE(make_policy(name).decides_across_heads());
+    CHECK_NOTHROW(require_shardable(make_policy(name), 4));
+  }
   const AnyPolicy ada = make_policy("AdaKV+SnapKV");
   LayerScores broken = ada.score_layer(request(layer.span(), window.view), ws);
   broken.scores.pop_back();

@@ -61,6 +61,11 @@ class AnyPolicy {
   /// Whether the policy keeps one set for all the heads of a layer (TOVA, PyramidInfer): its plans
   /// are shared selections, and it needs the layer's heads at equal lengths.
   [[nodiscard]] bool selects_per_layer() const noexcept { return impl_->selects_per_layer(); }
+  /// Whether a head's plan depends on the other heads of its layer: one kept set per layer
+  /// (selects_per_layer) or one merge decision over the layer's heads (D2O). A rank holding a
+  /// shard of a layer's heads cannot give such a policy its single-process result
+  /// (tensor_parallel.hpp); AdaKV's budgets are the exception that score_layer handles.
+  [[nodiscard]] bool decides_across_heads() const noexcept { return impl_->decides_across_heads(); }
   /// Whether the policy's layer budgets read LayerRequest::layer_statistics (D2O's density
   /// budgets): the host then computes layer_statistic() for every layer before compressing any.
   [[nodiscard]] bool wants_layer_statistics() const noexcept { return impl_->wants_layer_statistics(); }
@@ -103,6 +108,7 @@ class AnyPolicy {
     [[nodiscard]] virtual std::string_view name() const noexcept = 0;
     [[nodiscard]] virtual bool reads_accumulated_scores() const noexcept = 0;
     [[nodiscard]] virtual bool selects_per_layer() const noexcept = 0;
+    [[nodiscard]] virtual bool decides_across_heads() const noexcept = 0;
     [[nodiscard]] virtual bool wants_layer_statistics() const noexcept = 0;
   };
   template <class P>
@@ -176,6 +182,9 @@ class AnyPolicy {
         return policy.selects_per_layer();
       else
         return false;
+    }
+    [[nodiscard]] bool decides_across_heads() const noexcept override {
+      return selects_per_layer() || requires(std::span<HeadScratch* const> all) { policy.decide_matches(all); };
     }
     P policy;
   };

@@ -57,6 +57,15 @@ struct HeadShard {
   }
 };
 
+/// Throws unless `policy` gives each head of a shard its single-process plan (per-head policies,
+/// AdaKV through global_budgets or per shard): TOVA, PyramidInfer and D2O decide over every head
+/// of the layer, which one rank does not hold.
+inline void require_shardable(const AnyPolicy& policy, int world_size) {
+  detail::require(world_size <= 1 || !policy.decides_across_heads(), ErrorCode::invalid_argument, "tensor parallel: ",
+                  policy.spec(), " decides over every KV head of a layer (one kept set or one merge decision), ",
+                  "which a rank holding ", world_size > 1 ? "a shard" : "all", " of the heads cannot reproduce");
+}
+
 /// The whole layer's per-head budgets from every rank's LayerScores, in rank order (global AdaKV).
 inline std::vector<std::size_t> global_budgets(const AnyPolicy& policy, std::span<const LayerScores> per_rank,
                                                const WindowView& window) {

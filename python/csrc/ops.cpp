@@ -525,6 +525,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "Compresses one ragged layer with a registry policy spec; returns the kept entries packed. "
         "budgets (int64 [heads]): final per-head budgets, as global_budgets gives them");
   m.def(
+      "policy_decides_across_heads", [](const std::string& spec) { return policy_of(spec).decides_across_heads(); },
+      pybind11::arg("spec"), "Whether a head's plan depends on the other heads of its layer (TOVA, PyramidInfer, D2O)");
+  m.def(
       "policy_reallocates", [](const std::string& spec) { return policy_of(spec).reallocates(); },
       pybind11::arg("spec"), "Whether the policy moves budget between the KV heads of a layer (AdaKV+...)");
   m.def("score_layer", &score_layer, pybind11::arg("keys"), pybind11::arg("values"), pybind11::arg("bias"),

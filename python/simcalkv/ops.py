@@ -82,6 +82,13 @@ def reallocates(spec: str) -> bool:
     return bool(_C.policy_reallocates(spec))
 
 
+def decides_across_heads(spec: str) -> bool:
+    """Whether a head's plan under policy `spec` depends on the layer's other heads (TOVA and
+    PyramidInfer keep one set per layer, D2O takes one merge decision): a rank holding a shard of
+    the heads cannot reproduce it."""
+    return bool(_C.policy_decides_across_heads(spec))
+
+
 def score_layer(
     keys: torch.Tensor,
     values: torch.Tensor,

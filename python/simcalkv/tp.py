@@ -17,6 +17,9 @@ v_proj are split column-wise. Each rank compresses the heads it holds:
     (`ops.global_budgets`) and compresses its own with its slice of the budgets. Ranks may then
     hold different numbers of entries.
 
+TOVA, PyramidInfer (one kept set per layer) and D2O (one merge decision per layer) read every head
+of the layer; `compress_shard` refuses them when the group has more than one rank.
+
 The C++ side of the same steps is include/simcalkv/tensor_parallel.hpp.
 """
 from __future__ import annotations
@@ -80,6 +83,9 @@ def compress_shard(keys: torch.Tensor, values: torch.Tensor, window_queries: tor
     distributed = dist.is_available() and dist.is_initialized()
     heads = keys.shape[0] if keys.dim() == 3 else kwargs["lengths"].numel()
     rank = dist.get_rank(group) if distributed else 0
+    if distributed and dist.get_world_size(group) > 1 and ops.decides_across_heads(spec):
+        raise ValueError(f"tp: {spec} decides over every KV head of a layer (one kept set or one merge decision), "
+                         "which a rank holding a shard of the heads cannot reproduce")
     kwargs.setdefault("first_kv_head", rank * heads)  # the heads keep their identity in the layer
     if budgets == "shard" or not ops.reallocates(spec) or not distributed:
         return ops.compress(keys, values, window_queries, spec=spec, compress_ratio=compress_ratio, **kwargs)

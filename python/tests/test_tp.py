@@ -58,6 +58,11 @@ def worker(rank, world, init_file, out_file):
         parts = [None] * world
         dist.all_gather_object(parts, as_tuple(c))
         results[(spec, budgets)] = parts
+    try:
+        compress("TOVA", "shard", *shard_of(rank, world))
+        results["TOVA refused"] = None
+    except ValueError as error:
+        results["TOVA refused"] = str(error)
     if rank == 0:
         torch.save(results, out_file)
     dist.barrier()
@@ -79,6 +84,8 @@ def join(parts):
 @pytest.mark.parametrize("world", [2, 4])
 def test_ranks_give_the_single_process_layer(world):
     results = run_ranks(world)
+    refused = results.pop("TOVA refused")
+    assert refused and "decides over every KV head of a layer" in refused
     keys, values, positions, scores, lengths, queries = layer()
     for (spec, budgets), parts in results.items():
         got = join(parts)
